@@ -1,0 +1,265 @@
+"""CDL weight and activation quantizers for TF-MOT's `QuantizeWrapper`.
+
+Each quantizer owns, per quantized tensor, a trainable step ``q`` and softness
+(``kappa = alpha q^2`` or ``alpha``, both stored as logs so they stay positive),
+and adds the tensor's rate term to the wrapping layer's losses:
+
+    weights:     lambda_w * N_l H_l / N_w       (bits per quantized weight of the model)
+    activations: lambda_a * n_s H_s / n_a       (bits per activation value of the model)
+
+``H`` is the entropy of the marginal index PMF (the soft one while training);
+``N_l`` the tensor's size, ``N_w`` the model's quantized weight count, ``n_s`` and
+``n_a`` the activation values per example at this site and in the model. The
+weights ``lambda`` live in a non-trainable variable so a schedule can change them.
+
+Modes (``training=True``): ``cdl`` forwards a ``Q_p`` draw, ``rcdl`` forwards
+``Q_d``, ``ste`` forwards ``Q_u``; all three back-propagate through ``Q_d``.
+With ``training=False`` the output is always ``Q_u``.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+import zlib
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+import tensorflow_model_optimization as tfmot
+
+from cdl_tf import ops
+
+MODES = ("cdl", "rcdl", "ste")
+SOFTNESS_PARAMS = ("kappa", "alpha")
+_MODE_VALUE = {"cdl": "sample", "rcdl": "soft", "ste": "nearest"}
+
+_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+
+
+class RateMetrics:
+    """The model-wide ``bits_per_weight`` / ``bits_per_activation`` metrics of one model.
+
+    Every quantizer of a model updates the same two `Mean` metrics, weighted by
+    its value count, so the progress bar shows the model averages. Training steps
+    report the soft (optimised) entropies, evaluation steps those of the hard indices.
+    """
+
+    _groups: "weakref.WeakValueDictionary[str, RateMetrics]" = weakref.WeakValueDictionary()
+
+    def __init__(self):
+        self.weights = keras.metrics.Mean(name="bits_per_weight")
+        self.activations = keras.metrics.Mean(name="bits_per_activation")
+
+    @classmethod
+    def for_group(cls, group: str) -> "RateMetrics":
+        metrics = cls._groups.get(group)
+        if metrics is None:
+            metrics = cls()
+            cls._groups[group] = metrics
+        return metrics
+
+
+def _log(x: float) -> float:
+    return math.log(float(x))
+
+
+class CDLQuantizer(_Quantizer):
+    """Shared machinery of the weight and activation quantizers."""
+
+    kind = "base"
+
+    def __init__(
+        self,
+        bits: int,
+        lo: int,
+        hi: int,
+        mode: str = "cdl",
+        window: Optional[int] = None,
+        init_kappa: float = 4.0,
+        softness_param: str = "kappa",
+        train_softness: bool = True,
+        train_step: bool = True,
+        step_grad_scale: bool = True,
+        rate_weight: float = 0.0,
+        rate_normalizer: float = 1.0,
+        seed: int = 0,
+        group: str = "",
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if softness_param not in SOFTNESS_PARAMS:
+            raise ValueError(f"softness_param must be one of {SOFTNESS_PARAMS}, got {softness_param!r}")
+        if not lo <= 0 <= hi or lo == hi:
+            raise ValueError(f"alphabet [{lo}, {hi}] must contain 0 and one other level")
+        if init_kappa <= 0 or rate_weight < 0 or rate_normalizer <= 0:
+            raise ValueError(
+                f"need init_kappa > 0, rate_weight >= 0, rate_normalizer > 0; got "
+                f"{init_kappa}, {rate_weight}, {rate_normalizer}"
+            )
+        self.bits, self.lo, self.hi = int(bits), int(lo), int(hi)
+        self.mode = mode
+        self.window = None if window is None else int(window)
+        self.init_kappa = float(init_kappa)
+        self.softness_param = softness_param
+        self.train_softness = bool(train_softness)
+        self.train_step = bool(train_step)
+        self.step_grad_scale = bool(step_grad_scale)
+        self.rate_weight = float(rate_weight)
+        self.rate_normalizer = float(rate_normalizer)
+        self.seed = int(seed)
+        self.group = group
+
+    # -- TF-MOT Quantizer interface ------------------------------------------------
+    def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
+        self._layer = layer
+        self._name = f"{layer.name}/{name}"
+        self._count = self._value_count(tensor_shape)
+        self._metrics = RateMetrics.for_group(self.group) if self.group else None
+        return {
+            "log_q": layer.add_weight(
+                f"{name}_log_q", shape=(), initializer="zeros", trainable=self.train_step,
+                aggregation=tf.VariableAggregation.MEAN,
+            ),
+            "log_softness": layer.add_weight(
+                f"{name}_log_{self.softness_param}", shape=(),
+                initializer=keras.initializers.Constant(_log(self.init_kappa)),
+                trainable=self.train_softness, aggregation=tf.VariableAggregation.MEAN,
+            ),
+            "initialized": layer.add_weight(
+                f"{name}_initialized", shape=(), dtype=tf.bool, initializer="zeros",
+                trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            ),
+            "step": layer.add_weight(
+                f"{name}_step", shape=(), dtype=tf.int64, initializer="zeros",
+                trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            ),
+            "rate_weight": layer.add_weight(
+                f"{name}_rate_weight", shape=(),
+                initializer=keras.initializers.Constant(self.rate_weight), trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            ),
+        }
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        x = tf.convert_to_tensor(inputs)
+        self._maybe_initialize(x, weights)
+        q, alpha = self.step_and_softness(weights, grad_scale=True)
+        q, alpha = tf.cast(q, x.dtype), tf.cast(alpha, x.dtype)
+        if not training:
+            counts = ops.hard_index_counts(x, q, self.lo, self.hi)
+            self._record(self._global_counts(counts), training=False)
+            return ops.q_u(x, q, self.lo, self.hi)
+        seed = self._seed(weights) if self.mode == "cdl" else None
+        values, counts = ops.quantize_with_counts(
+            x, q, alpha, self.lo, self.hi, value=_MODE_VALUE[self.mode], seed=seed, window=self.window
+        )
+        bits = self._record(self._global_counts(counts), training=True)
+        self._layer.add_loss(
+            tf.cast(weights["rate_weight"], x.dtype) * (self._count / self.rate_normalizer) * bits
+        )
+        return values
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            "bits": self.bits, "lo": self.lo, "hi": self.hi, "mode": self.mode,
+            "window": self.window, "init_kappa": self.init_kappa,
+            "softness_param": self.softness_param, "train_softness": self.train_softness,
+            "train_step": self.train_step, "step_grad_scale": self.step_grad_scale,
+            "rate_weight": self.rate_weight, "rate_normalizer": self.rate_normalizer,
+            "seed": self.seed, "group": self.group,
+        }
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+    # -- parameters -------------------------------------------------------------------
+    @property
+    def value_count(self) -> int:
+        """Values per tensor (weights) or per example (activations)."""
+        return self._count
+
+    def step_and_softness(self, weights, grad_scale: bool = False):
+        """``(q, alpha)`` from the log-variables; optionally with LSQ gradient scaling of ``q``."""
+        log_q = weights["log_q"]
+        if grad_scale and self.step_grad_scale:
+            s = 1.0 / math.sqrt(self._count * self.hi)
+            log_q = log_q * s + tf.stop_gradient(log_q * (1.0 - s))
+        q = tf.exp(log_q)
+        soft = tf.exp(weights["log_softness"])
+        alpha = ops.alpha_from_kappa(soft, q) if self.softness_param == "kappa" else soft
+        return q, alpha
+
+    def initial_step(self, x: tf.Tensor) -> tf.Tensor:
+        """``q_0 = 2 mean|x| / sqrt(2^(b-1))`` (LSQ's initialisation)."""
+        mean_abs = tf.reduce_mean(tf.abs(tf.cast(x, tf.float32)))
+        return tf.maximum(2.0 * mean_abs / math.sqrt(2.0 ** (self.bits - 1)), 1e-8)
+
+    def _maybe_initialize(self, x: tf.Tensor, weights) -> None:
+        """Set ``q`` from the first tensor seen (weights, or the first batch of activations)."""
+
+        def init():
+            q0 = self.initial_step(x)
+            ops_ = [weights["log_q"].assign(tf.math.log(q0)), weights["initialized"].assign(True)]
+            if self.softness_param == "alpha":
+                ops_.append(weights["log_softness"].assign(tf.math.log(self.init_kappa / tf.square(q0))))
+            with tf.control_dependencies(ops_):
+                return tf.constant(True)
+
+        tf.cond(weights["initialized"], lambda: tf.constant(True), init)
+
+    # -- rates --------------------------------------------------------------------------
+    def _global_counts(self, counts: tf.Tensor) -> tf.Tensor:
+        return counts
+
+    def _seed(self, weights) -> tf.Tensor:
+        """Stateless seed: differs per quantizer, per step and per replica."""
+        ctx = tf.distribute.get_replica_context()
+        replica = 0 if ctx is None else ctx.replica_id_in_sync_group
+        replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+        step = weights["step"].assign_add(1)
+        base = (self.seed * 1_000_003 + zlib.crc32(self._name.encode())) % (2**62)
+        return tf.stack([tf.constant(base, tf.int64), step * replicas + tf.cast(replica, tf.int64)])
+
+    def _record(self, counts: tf.Tensor, training: bool) -> tf.Tensor:
+        total = tf.reduce_sum(counts)
+        bits = ops.pmf_entropy_bits(counts / tf.maximum(total, tf.constant(1e-30, counts.dtype)))
+        if self._metrics is not None:
+            metric = self._metrics.weights if self.kind == "weight" else self._metrics.activations
+            self._layer.add_metric(metric(tf.stop_gradient(tf.cast(bits, tf.float32)), sample_weight=self._count))
+        return bits
+
+
+class CDLWeightQuantizer(CDLQuantizer):
+    """Quantizer of a layer's kernel; ``rate_normalizer`` is the model's quantized weight count."""
+
+    kind = "weight"
+
+    @staticmethod
+    def _value_count(tensor_shape) -> int:
+        return int(tf.TensorShape(tensor_shape).num_elements())
+
+
+class CDLActivationQuantizer(CDLQuantizer):
+    """Quantizer of a layer's output; ``rate_normalizer`` is activation values per example.
+
+    The marginal PMF is that of the global batch: under ``tf.distribute`` the
+    per-replica soft counts are summed across replicas before the entropy.
+    """
+
+    kind = "activation"
+
+    @staticmethod
+    def _value_count(tensor_shape) -> int:
+        shape = tf.TensorShape(tensor_shape)[1:]
+        if not shape.is_fully_defined():
+            raise ValueError(f"activation shape {tf.TensorShape(tensor_shape)} must be known but for the batch")
+        return int(shape.num_elements())
+
+    def _global_counts(self, counts: tf.Tensor) -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return counts
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, counts)
