@@ -19,8 +19,9 @@ training; export folds it into per-channel scales.
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
@@ -126,17 +127,34 @@ class CDLQuantizeScheme(_tfq.QuantizeScheme):
         return _NoDefaultRegistry()
 
 
+class QuantizeWrapperV2(_tfq.QuantizeWrapperV2):
+    """TF-MOT's `QuantizeWrapperV2`, building the wrapped layer before its quantizers.
+
+    A model restored from ``.keras``/``.h5`` config builds its wrappers around unbuilt
+    layers; building the layer first gives its weights the order they were saved in.
+    It keeps TF-MOT's class name, under which the wrappers were saved.
+    """
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        super().build(input_shape)
+
+
 def _custom_objects() -> Dict[str, type]:
     return {
+        "QuantizeWrapperV2": QuantizeWrapperV2,
         "CDLQuantizeConfig": CDLQuantizeConfig,
         "CDLWeightQuantizer": CDLWeightQuantizer,
         "CDLActivationQuantizer": CDLActivationQuantizer,
     }
 
 
-def quantize_scope(*args):
+@contextlib.contextmanager
+def quantize_scope(*args: Dict[str, type]) -> Iterator[None]:
     """`tfmot.quantization.keras.quantize_scope` with the CDL classes, for loading models."""
-    return _tfq.quantize_scope(_custom_objects(), *args)
+    with _tfq.quantize_scope(*args), keras.utils.custom_object_scope(_custom_objects()):
+        yield
 
 
 quantize_annotate_layer = _tfq.quantize_annotate_layer

@@ -49,6 +49,14 @@ class RateMetrics:
     def __init__(self):
         self.weights = keras.metrics.Mean(name="bits_per_weight")
         self.activations = keras.metrics.Mean(name="bits_per_activation")
+        self.owners: Dict[str, Any] = {}
+
+    def update(self, kind: str, layer, bits: tf.Tensor, count: int) -> None:
+        """Add ``bits`` (weighted by ``count``); the first layer to report a kind shows it."""
+        metric = self.weights if kind == "weight" else self.activations
+        result = metric(bits, sample_weight=count)
+        if self.owners.setdefault(kind, layer) is layer:
+            layer.add_metric(result)
 
     @classmethod
     def for_group(cls, group: str) -> "RateMetrics":
@@ -108,6 +116,12 @@ class CDLQuantizer(_Quantizer):
         self.rate_normalizer = float(rate_normalizer)
         self.seed = int(seed)
         self.group = group
+        self.force_hard = False
+        self.recorder: Optional[list] = None
+
+    # ``force_hard`` (read when a call is traced) makes training-mode calls use ``Q_u``
+    # without rate terms, e.g. to re-estimate BatchNorm statistics; ``recorder``, when a
+    # list, collects the quantizer's inputs of eager calls for rate reports.
 
     # -- TF-MOT Quantizer interface ------------------------------------------------
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
@@ -142,10 +156,12 @@ class CDLQuantizer(_Quantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.convert_to_tensor(inputs)
+        if self.recorder is not None and tf.executing_eagerly():
+            self.recorder.append(x)
         self._maybe_initialize(x, weights)
         q, alpha = self.step_and_softness(weights, grad_scale=True)
         q, alpha = tf.cast(q, x.dtype), tf.cast(alpha, x.dtype)
-        if not training:
+        if not training or self.force_hard:
             counts = ops.hard_index_counts(x, q, self.lo, self.hi)
             self._record(self._global_counts(counts), training=False)
             return ops.q_u(x, q, self.lo, self.hi)
@@ -227,8 +243,7 @@ class CDLQuantizer(_Quantizer):
         total = tf.reduce_sum(counts)
         bits = ops.pmf_entropy_bits(counts / tf.maximum(total, tf.constant(1e-30, counts.dtype)))
         if self._metrics is not None:
-            metric = self._metrics.weights if self.kind == "weight" else self._metrics.activations
-            self._layer.add_metric(metric(tf.stop_gradient(tf.cast(bits, tf.float32)), sample_weight=self._count))
+            self._metrics.update(self.kind, self._layer, tf.stop_gradient(tf.cast(bits, tf.float32)), self._count)
         return bits
 
 

@@ -1,0 +1,68 @@
+"""Re-estimate BatchNorm statistics of a CDL model under hard quantization.
+
+Training sees ``Q_p``/``Q_d`` outputs, inference ``Q_u`` outputs, whose statistics
+differ; before evaluating with ``Q_u`` the moving mean and variance of every
+BatchNormalization layer are replaced by their averages over ``steps`` batches of
+the training data, computed with all quantizers hard.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from cdl_tf.quantize import quantizers
+
+
+@contextlib.contextmanager
+def hard_quantization(model) -> Iterator[None]:
+    """Within the context, newly traced training-mode calls quantize with ``Q_u``."""
+    found = [q for _, q, _ in quantizers(model)]
+    for q in found:
+        q.force_hard = True
+    try:
+        yield
+    finally:
+        for q in found:
+            q.force_hard = False
+
+
+def _batchnorms(model):
+    return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def reestimate_batchnorm(model, data: Iterable, steps: int = 50) -> int:
+    """Set BatchNorm moving statistics to the average batch statistics over ``steps`` batches.
+
+    ``data`` yields input batches or ``(inputs, targets)`` pairs. Returns the batches used.
+    """
+    bns = _batchnorms(model)
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    sums = [[np.zeros(bn.moving_mean.shape), np.zeros(bn.moving_variance.shape)] for bn in bns]
+    used = 0
+    try:
+        for bn in bns:
+            bn.momentum = 0.0
+        with hard_quantization(model):
+            step = tf.function(lambda x: model(x, training=True))
+            for batch in data:
+                if used >= steps:
+                    break
+                step(batch[0] if isinstance(batch, (tuple, list)) else batch)
+                for bn, acc in zip(bns, sums):
+                    acc[0] += bn.moving_mean.numpy()
+                    acc[1] += bn.moving_variance.numpy()
+                used += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+    if used:
+        for bn, (mean, var) in zip(bns, sums):
+            bn.moving_mean.assign(mean / used)
+            bn.moving_variance.assign(var / used)
+    return used
