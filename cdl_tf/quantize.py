@@ -300,7 +300,7 @@ class _Planner:
             plan["site"] = self._site(outer)
             if plan["site"] is not None:
                 plan["act_bits"] = self._activation_bits(outer)
-                plan["n_acts"] = CDLActivationQuantizer._value_count(layer.output_shape)
+                plan["n_acts"] = CDLActivationQuantizer._value_count(outer.output_shape)
         return plan
 
     def _quantizer_args(self) -> dict:

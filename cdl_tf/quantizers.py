@@ -27,6 +27,8 @@ import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
+from tf_keras.src.engine import base_layer_utils
+
 from cdl_tf import ops
 
 MODES = ("cdl", "rcdl", "ste")
@@ -55,7 +57,7 @@ class RateMetrics:
         """Add ``bits`` (weighted by ``count``); the first layer to report a kind shows it."""
         metric = self.weights if kind == "weight" else self.activations
         result = metric(bits, sample_weight=count)
-        if self.owners.setdefault(kind, layer) is layer:
+        if self.owners.setdefault(kind, layer) is layer and _in_layer_call():
             layer.add_metric(result)
 
     @classmethod
@@ -65,6 +67,11 @@ class RateMetrics:
             metrics = cls()
             cls._groups[group] = metrics
         return metrics
+
+
+def _in_layer_call() -> bool:
+    """Whether a Keras layer is being called (losses and metrics can be added)."""
+    return base_layer_utils.call_context().in_call
 
 
 def _log(x: float) -> float:
@@ -170,9 +177,10 @@ class CDLQuantizer(_Quantizer):
             x, q, alpha, self.lo, self.hi, value=_MODE_VALUE[self.mode], seed=seed, window=self.window
         )
         bits = self._record(self._global_counts(counts), training=True)
-        self._layer.add_loss(
-            tf.cast(weights["rate_weight"], x.dtype) * (self._count / self.rate_normalizer) * bits
-        )
+        if _in_layer_call():
+            self._layer.add_loss(
+                tf.cast(weights["rate_weight"], x.dtype) * (self._count / self.rate_normalizer) * bits
+            )
         return values
 
     def get_config(self) -> Dict[str, Any]:

@@ -1,0 +1,285 @@
+"""quantize_model / quantize_apply, training with fit, rates, serialisation, errors."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import cdl_tf
+from cdl_tf.quantize import QuantizeAnnotate
+
+
+def small_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="conv1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu", name="dw")(x)
+    x = keras.layers.Conv2D(12, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(24, activation="relu", name="fc")(x)
+    out = keras.layers.Dense(4, name="logits")(x)
+    return keras.Model(inp, out)
+
+
+def random_data(n=192, seed=0):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, 12, 12, 3).astype("float32")
+    # A learnable target: the sign pattern of two channel means.
+    m = x[..., :2].mean(axis=(1, 2))
+    y = (m[:, 0] > 0).astype("int64") * 2 + (m[:, 1] > 0).astype("int64")
+    return x, y
+
+
+def compile_(model):
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def test_plan_of_sites_bits_and_alphabets():
+    qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig())
+    plan = {name: (q.kind, q.bits, q.lo, q.hi) for name, q, _ in cdl_tf.quantizers(qm)}
+    assert plan == {
+        "quant_conv1/kernel": ("weight", 8, -127, 127),  # first layer at 8 bits
+        "quant_relu1/output": ("activation", 8, 0, 255),  # ...and its ReLU, past the BatchNorm
+        "quant_dw/depthwise_kernel": ("weight", 4, -7, 7),
+        "quant_dw/output": ("activation", 4, 0, 15),
+        "quant_conv2/kernel": ("weight", 4, -7, 7),
+        "quant_conv2/output": ("activation", 4, 0, 15),
+        "quant_fc/kernel": ("weight", 4, -7, 7),
+        "quant_fc/output": ("activation", 4, 0, 15),
+        "quant_logits/kernel": ("weight", 8, -127, 127),  # last layer
+        "quant_logits/output": ("activation", 8, -127, 127),  # signed: no ReLU
+    }
+    # conv1 feeds BatchNorm, so its own (linear) output is not a site; BN stays float.
+    assert not qm.get_layer("quant_conv1")._output_quantizers
+    assert isinstance(qm.get_layer("bn1"), keras.layers.BatchNormalization)
+
+
+def test_config_overrides_and_skips():
+    cfg = cdl_tf.CDLConfig(
+        weight_bits=3, activation_bits=2, first_layer_bits=None, last_layer_bits=6,
+        layer_bits={"conv2": (5, 3)}, skip_layers=("fc",), weight_alphabet="full",
+    )
+    qm = cdl_tf.quantize_model(small_cnn(), cfg)
+    plan = {name: (q.bits, q.lo, q.hi) for name, q, _ in cdl_tf.quantizers(qm)}
+    assert plan["quant_conv1/kernel"] == (3, -4, 3)
+    assert plan["quant_conv2/kernel"] == (5, -16, 15)
+    assert plan["quant_conv2/output"] == (3, 0, 7)
+    assert plan["quant_logits/kernel"] == (6, -32, 31)
+    assert not any(n.startswith("quant_fc") for n in plan)
+    assert isinstance(qm.get_layer("fc"), keras.layers.Dense)
+
+
+@pytest.mark.parametrize("mode", ["cdl", "rcdl", "ste"])
+def test_fit_trains_in_each_mode(mode):
+    x, y = random_data()
+    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode=mode, lambda_w=0.01, lambda_a=0.01)))
+    before = qm.evaluate(x, y, verbose=0, return_dict=True)
+    hist = qm.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    after = qm.evaluate(x, y, verbose=0, return_dict=True)
+    logs = hist.history
+    assert {"bits_per_weight", "bits_per_activation"} <= set(logs)
+    assert all(np.isfinite(logs["loss"]))
+    assert logs["loss"][-1] < logs["loss"][0]
+    assert after["loss"] < before["loss"]
+    assert 0 < logs["bits_per_weight"][-1] < 8 and 0 < logs["bits_per_activation"][-1] < 8
+
+
+def test_cdl_forward_tensors_lie_on_their_grids():
+    x, _ = random_data(64)
+    qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode="cdl"))
+    qm(x[:8], training=True)  # initialise steps
+    for name, quantizer, variables in cdl_tf.quantizers(qm):
+        q = float(quantizer.step_and_softness(variables)[0])
+        if quantizer.kind == "weight":
+            wrapper = qm.get_layer(name.split("/")[0])
+            w = wrapper._weight_vars[0][0]
+            out = quantizer(w, True, variables).numpy()
+        else:
+            out = quantizer(tf.random.normal([4, 5, 5, 3]), True, variables).numpy()
+        idx = out / q
+        np.testing.assert_allclose(idx, np.round(idx), atol=1e-4, err_msg=name)
+        assert idx.min() >= quantizer.lo - 1e-4 and idx.max() <= quantizer.hi + 1e-4
+    # Whole-model check: every activation site's training-mode output is on its grid.
+    sites = [l for l in qm.layers if getattr(l, "_output_quantizers", None)]
+    probe = keras.Model(qm.inputs, [l.output for l in sites])
+    for layer, out in zip(sites, probe(x, training=True)):
+        q = float(tf.exp(layer._output_quantizer_vars["log_q"]))
+        idx = out.numpy() / q
+        np.testing.assert_allclose(idx, np.round(idx), atol=1e-3, err_msg=layer.name)
+
+
+def test_inference_uses_nearest_points():
+    x, _ = random_data(16)
+    qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode="cdl"))
+    a = qm(x, training=False).numpy()
+    b = qm(x, training=False).numpy()
+    np.testing.assert_array_equal(a, b)  # no sampling at inference
+    wrapper = qm.get_layer("quant_logits")
+    q = float(tf.exp(wrapper._output_quantizer_vars["log_q"]))
+    np.testing.assert_allclose(a / q, np.round(a / q), atol=1e-3)
+
+
+def _bits_after_training(lambda_w):
+    x, y = random_data()
+    cfg = cdl_tf.CDLConfig(mode="rcdl", lambda_w=lambda_w, quantize_activations=False, seed=3)
+    qm = compile_(cdl_tf.quantize_model(small_cnn(seed=1), cfg))
+    qm.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    return cdl_tf.rate_report(qm).totals["bits_per_weight"]
+
+
+def test_raising_lambda_w_lowers_bits_per_weight():
+    low, high = _bits_after_training(0.0), _bits_after_training(0.5)
+    assert high < 0.8 * low, (low, high)
+
+
+def test_rate_report_totals_match_rows():
+    x, _ = random_data(64)
+    qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig())
+    report = cdl_tf.rate_report(qm, x)
+    weights = [t for t in report.tensors if t.kind == "weight"]
+    acts = [t for t in report.tensors if t.kind == "activation"]
+    assert len(weights) == 5 and len(acts) == 5
+    assert all(t.hard_bits is not None and 0 <= t.hard_bits <= t.bits for t in report.tensors)
+    tot = report.totals
+    n_w = sum(t.count for t in weights)
+    assert tot["quantized_weights"] == n_w == sum(
+        qm.get_layer(n)._weight_vars[0][0].shape.num_elements()
+        for n in ("quant_conv1", "quant_dw", "quant_conv2", "quant_fc", "quant_logits")
+    )
+    np.testing.assert_allclose(tot["bits_per_weight"], sum(t.count * t.hard_bits for t in weights) / n_w)
+    np.testing.assert_allclose(tot["weight_bits_total"], sum(t.count * t.hard_bits for t in weights))
+    # Hard entropy from the report equals that of the exported indices.
+    for name, idx in cdl_tf.hard_indices(qm).items():
+        _, counts = np.unique(idx, return_counts=True)
+        p = counts / counts.sum()
+        row = next(t for t in weights if t.name == name)
+        np.testing.assert_allclose(row.hard_bits, -(p * np.log2(p)).sum(), rtol=1e-5)
+    assert "bits/weight" in report.format_table()
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
+def test_save_and_load_predicts_identically(tmp_path, fmt):
+    x, y = random_data(64)
+    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(lambda_w=0.01)))
+    qm.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = str(tmp_path / {"keras": "m.keras", "h5": "m.h5", "savedmodel": "sm"}[fmt])
+    qm.save(path)
+    with cdl_tf.quantize_scope():
+        loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qm.predict(x, verbose=0))
+    if fmt != "savedmodel":
+        got = {n: (q.bits, q.lo, q.hi, q.mode) for n, q, _ in cdl_tf.quantizers(loaded)}
+        want = {n: (q.bits, q.lo, q.hi, q.mode) for n, q, _ in cdl_tf.quantizers(qm)}
+        assert got == want
+
+
+def test_reestimate_batchnorm_sets_statistics_of_hard_model():
+    x, y = random_data(128)
+    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig()))
+    qm.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    used = cdl_tf.reestimate_batchnorm(qm, [x[i : i + 32] for i in range(0, 128, 32)], steps=3)
+    assert used == 3
+    # The moving mean equals the average of the hard model's batch means of conv1's output.
+    probe = keras.Model(qm.inputs, qm.get_layer("quant_conv1").output)
+    means = [probe(x[i : i + 32], training=False).numpy().mean(axis=(0, 1, 2)) for i in range(0, 96, 32)]
+    np.testing.assert_allclose(qm.get_layer("bn1").moving_mean.numpy(), np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    assert not any(q.force_hard for _, q, _ in cdl_tf.quantizers(qm))
+
+
+def test_rate_schedule_warms_up_lambdas():
+    x, y = random_data(64)
+    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(lambda_w=0.2, lambda_a=0.1)))
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            _, q, v = cdl_tf.quantizers(self.model)[0]
+            seen.append(float(v["rate_weight"]) / q.rate_weight)
+
+    qm.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[cdl_tf.RateSchedule.warmup(2), Probe()])
+    np.testing.assert_allclose(seen, [1 / 3, 2 / 3, 1.0, 1.0], rtol=1e-6)
+
+
+def test_selective_annotation_with_quantize_apply():
+    inp = keras.Input((10,))
+    x = cdl_tf.quantize_annotate_layer(keras.layers.Dense(8, activation="relu", name="a"))(inp)
+    out = keras.layers.Dense(3, name="b")(x)
+    qm = cdl_tf.quantize_apply(keras.Model(inp, out), cdl_tf.CDLConfig())
+    names = [n for n, _, _ in cdl_tf.quantizers(qm)]
+    assert names == ["quant_a/kernel", "quant_a/output"]
+    assert isinstance(qm.get_layer("b"), keras.layers.Dense)
+
+
+def test_sequential_model_is_accepted():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(2)])
+    qm = cdl_tf.quantize_model(model, cdl_tf.CDLConfig())
+    assert len(cdl_tf.quantizers(qm)) == 4
+
+
+def test_keras3_model_gets_a_clear_error():
+    import keras as keras3
+
+    model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
+    with pytest.raises(TypeError, match="tf_keras"):
+        cdl_tf.quantize_model(model, cdl_tf.CDLConfig())
+
+
+def test_subclassed_model_gets_a_clear_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(tf.zeros([1, 3]))
+    with pytest.raises(TypeError, match="Functional"):
+        cdl_tf.quantize_model(net, cdl_tf.CDLConfig())
+
+
+def test_unsupported_layer_gets_a_clear_error():
+    inp = keras.Input((8, 8, 2))
+    x = keras.layers.SeparableConv2D(4, 3, name="sep")(inp)
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    model = keras.Model(inp, out)
+    with pytest.raises(TypeError, match="'sep'.*skip_layers"):
+        cdl_tf.quantize_model(model, cdl_tf.CDLConfig())
+    qm = cdl_tf.quantize_model(model, cdl_tf.CDLConfig(skip_layers=("sep",)))
+    assert isinstance(qm.get_layer("sep"), keras.layers.SeparableConv2D)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(weight_bits=1), "weight_bits"),
+        (dict(activation_bits=9), "activation_bits"),
+        (dict(mode="fast"), "mode"),
+        (dict(lambda_w=-1.0), "lambda_w"),
+        (dict(activation_window=0), "activation_window"),
+        (dict(layer_bits={"x": (4,)}), "layer_bits"),
+        (dict(init_kappa=0.0), "init_kappa"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        cdl_tf.CDLConfig(**kwargs)
+
+
+def test_config_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="weight_bitz"):
+        cdl_tf.CDLConfig.from_dict({"weight_bitz": 3})
+    assert cdl_tf.CDLConfig.from_dict({"weight_bits": 3}).weight_bits == 3
+
+
+def test_unknown_layer_names_in_config_are_rejected():
+    with pytest.raises(ValueError, match="nope"):
+        cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(skip_layers=("nope",)))
