@@ -52,7 +52,7 @@ class CDLConfig:
     layer_bits: Mapping[str, Tuple[int, int]] = dataclasses.field(default_factory=dict)
     skip_layers: Tuple[str, ...] = ()
     mode: str = "cdl"
-    weight_window: Optional[int] = None
+    weight_window: Optional[int] = 5
     activation_window: Optional[int] = 5
     weight_alphabet: str = "symmetric"
     quantize_activations: bool = True

@@ -31,6 +31,7 @@ CPMF from the inputs, so no ``k``-wide tensor is kept alive between passes.
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal, Optional
 
 import tensorflow as tf
@@ -78,24 +79,34 @@ def q_u(theta: tf.Tensor, q: tf.Tensor, lo: int, hi: int) -> tf.Tensor:
     return q * tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
 
 
-def _levels(theta: tf.Tensor, q: tf.Tensor, lo: int, hi: int, window: Optional[int]):
-    """Levels on which the CPMF is evaluated: ``(levels [..., k], first level [...])``."""
+def _levels(u: tf.Tensor, lo: int, hi: int, window: Optional[int]):
+    """Levels on which the CPMF is evaluated (``[..., k]``) and the nearest level (``[...]``).
+
+    ``u = theta / q``. The window is the ``k`` levels around the nearest, shifted inside ``A``.
+    """
     size = hi - lo + 1
-    dtype = theta.dtype
-    offsets = tf.range(size if window is None or window >= size else window, dtype=dtype)
-    if window is None or window >= size:
-        first = tf.fill(tf.shape(theta), tf.constant(lo, dtype))
+    k = size if window is None or window >= size else window
+    nearest = tf.clip_by_value(tf.round(u), float(lo), float(hi))
+    if k == size:
+        first = tf.fill(tf.shape(u), tf.constant(float(lo), u.dtype))
     else:
-        first = tf.clip_by_value(tf.round(theta / q) - float(window // 2), float(lo), float(hi - window + 1))
-    return first[..., None] + offsets, first
+        first = tf.clip_by_value(nearest - float(k // 2), float(lo), float(hi - k + 1))
+    return first[..., None] + tf.range(k, dtype=u.dtype), nearest
 
 
-def _cpmf(theta, q, alpha, lo, hi, window):
-    """CPMF on the evaluated levels: ``(p [..., k], levels [..., k], d [..., k], first)``."""
-    levels, first = _levels(theta, q, lo, hi, window)
-    d = theta[..., None] - levels * q[..., None]
-    p = tf.nn.softmax(-alpha[..., None] * tf.square(d), axis=-1)
-    return p, levels, d, first
+def _cpmf(theta, q, alpha, lo: int, hi: int, window: Optional[int]):
+    """CPMF on the evaluated levels: ``(p [..., k], levels [..., k], d [..., k])``.
+
+    Logits are taken relative to the nearest level, ``-alpha (d_j^2 - d_nearest^2) <= 0``,
+    so the exponentials cannot overflow and no max-subtraction pass is needed.
+    """
+    u = theta / q
+    levels, nearest = _levels(u, lo, hi, window)
+    expand = lambda t: t[..., None] if t.shape.rank else t
+    d = theta[..., None] - levels * expand(q)
+    ref = tf.square(theta - nearest * q)[..., None]
+    e = tf.exp(-expand(alpha) * (tf.square(d) - ref))
+    return e / tf.reduce_sum(e, axis=-1, keepdims=True), levels, d
 
 
 def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
@@ -104,12 +115,51 @@ def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
 
 
-def _counts_from_cpmf(p, levels, lo: int, hi: int, window: Optional[int]) -> tf.Tensor:
+def _counts_from_cpmf(p, levels, lo: int, hi: int) -> tf.Tensor:
+    """Soft counts ``sum_n P(j | theta_n)`` per level (a weighted bincount, fast on CPU)."""
     size = hi - lo + 1
-    if window is None or window >= size:
+    if p.shape[-1] == size:
         return tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
-    ids = tf.cast(levels, tf.int32) - lo
-    return tf.math.unsorted_segment_sum(tf.reshape(p, [-1]), tf.reshape(ids, [-1]), size)
+    ids = tf.reshape(tf.cast(levels, tf.int32) - lo, [-1])
+    return tf.math.bincount(ids, weights=tf.reshape(p, [-1]), minlength=size, maxlength=size, dtype=p.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(lo: int, hi: int, window: Optional[int], value: str):
+    """XLA-compiled forward and backward passes for one alphabet, window and value mode."""
+
+    def forward(theta, q, alpha, seed):
+        p, levels, _ = _cpmf(theta, q, alpha, lo, hi, window)
+        if value == "soft":
+            out = q * tf.reduce_sum(p * levels, axis=-1)
+        elif value == "nearest":
+            out = q * tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
+        else:
+            u = tf.random.stateless_uniform(tf.shape(theta), seed=seed, dtype=theta.dtype)
+            below = tf.cast(tf.math.cumsum(p, axis=-1) < u[..., None], theta.dtype)
+            idx = tf.minimum(tf.reduce_sum(below, axis=-1), float(levels.shape[-1] - 1))
+            out = q * (levels[..., 0] + idx)
+        return out, p, levels[..., 0]
+
+    def backward(theta, q, alpha, g_out, g_counts):
+        p, levels, d = _cpmf(theta, q, alpha, lo, hi, window)
+        ids = tf.cast(levels, tf.int32) - lo
+        w = (g_out * q)[..., None] * levels + tf.gather(g_counts, ids)
+        w_c = p * (w - tf.reduce_sum(p * w, axis=-1, keepdims=True))
+        a = alpha[..., None] if alpha.shape.rank else alpha
+        g_theta = tf.reduce_sum(w_c * (-2.0 * a * d), axis=-1)
+        g_alpha = tf.reduce_sum(w_c * -tf.square(d), axis=-1)
+        g_q = g_out * tf.reduce_sum(p * levels, axis=-1) + tf.reduce_sum(w_c * (2.0 * a * levels * d), axis=-1)
+        return g_theta, _sum_to_shape(g_q, tf.shape(q)), _sum_to_shape(g_alpha, tf.shape(alpha))
+
+    return tf.function(forward, jit_compile=True), tf.function(backward, jit_compile=True)
+
+
+def _forward(theta, q, alpha, seed, lo: int, hi: int, window: Optional[int], value: str):
+    """Values and soft counts; the counts' scatter runs outside XLA, where it is fast."""
+    out, p, first = _kernels(lo, hi, window, value)[0](theta, q, alpha, seed)
+    levels = first[..., None] + tf.range(p.shape[-1], dtype=first.dtype)
+    return out, _counts_from_cpmf(p, levels, lo, hi)
 
 
 def quantize_with_counts(
@@ -148,39 +198,18 @@ def quantize_with_counts(
         raise TypeError(f"theta must be floating point, got {theta.dtype}")
     q = tf.cast(q, theta.dtype)
     alpha = tf.cast(alpha, theta.dtype)
+    seed = tf.zeros([2], tf.int64) if seed is None else tf.cast(seed, tf.int64)
+    lo, hi, window = int(lo), int(hi), None if window is None else int(window)
+    backward = _kernels(lo, hi, window, value)[1]
 
     @tf.custom_gradient
     def _op(theta, q, alpha):
-        q_b = tf.broadcast_to(q, tf.shape(theta))
-        a_b = tf.broadcast_to(alpha, tf.shape(theta))
-        p, levels, _, first = _cpmf(theta, q_b, a_b, lo, hi, window)
-        counts = _counts_from_cpmf(p, levels, lo, hi, window)
-        if value == "soft":
-            out = q_b * tf.reduce_sum(p * levels, axis=-1)
-        elif value == "nearest":
-            out = q_b * tf.clip_by_value(tf.round(theta / q_b), float(lo), float(hi))
-        else:
-            u = tf.random.stateless_uniform(tf.shape(theta), seed=seed, dtype=theta.dtype)
-            below = tf.cast(tf.math.cumsum(p, axis=-1) < u[..., None], tf.int32)
-            idx = tf.minimum(tf.reduce_sum(below, axis=-1), tf.shape(p)[-1] - 1)
-            out = q_b * (first + tf.cast(idx, theta.dtype))
+        out, counts = _forward(theta, q, alpha, seed, lo, hi, window, value)
 
         def grad(g_out, g_counts):
-            p, levels, d, _ = _cpmf(theta, q_b, a_b, lo, hi, window)
             g_out = tf.zeros_like(theta) if g_out is None else g_out
-            w = (g_out * q_b)[..., None] * levels
-            if g_counts is not None:
-                size = hi - lo + 1
-                ids = tf.cast(levels, tf.int32) - lo
-                w += tf.gather(g_counts, tf.clip_by_value(ids, 0, size - 1))
-            w_c = p * (w - tf.reduce_sum(p * w, axis=-1, keepdims=True))
-            a = a_b[..., None]
-            g_theta = tf.reduce_sum(w_c * (-2.0 * a * d), axis=-1)
-            g_alpha = tf.reduce_sum(w_c * -tf.square(d), axis=-1)
-            g_q = g_out * tf.reduce_sum(p * levels, axis=-1) + tf.reduce_sum(
-                w_c * (2.0 * a * levels * d), axis=-1
-            )
-            return g_theta, _sum_to_shape(g_q, tf.shape(q)), _sum_to_shape(g_alpha, tf.shape(alpha))
+            g_counts = tf.zeros_like(counts) if g_counts is None else g_counts
+            return backward(theta, q, alpha, g_out, g_counts)
 
         return (out, counts), grad
 
