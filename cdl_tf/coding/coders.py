@@ -22,9 +22,10 @@ each payload has exactly one valid encoding; the decoder pads back to a multiple
 of four bytes. Tensors with at most one distinct symbol have an empty payload.
 
 Decoding verifies that the payload is consumed exactly (ANS: the coder is empty
-afterwards; Huffman: the word count equals ``ceil(B / 32)`` for the exact bit
-count ``B = sum_s c_s * len(codeword_s)`` and the padding bits, which
-``QueueEncoder`` places in the high bits of the last word, are zero) and that the
+afterwards; Huffman: the payload holds at most ``ceil(B / 32)`` words for the
+exact bit count ``B = sum_s c_s * len(codeword_s)``, missing trailing words are
+zero, and the padding bits, which ``QueueEncoder`` places in the high bits of the
+last word, are zero) and that the
 histogram of the decoded symbols equals the stored counts. Any violation raises
 :class:`FormatError`.
 """
@@ -186,11 +187,13 @@ def _huffman_bit_count(counts: np.ndarray) -> int:
 def _decode_huffman(words: np.ndarray, counts: np.ndarray, n: int, field: str) -> np.ndarray:
     bits = _huffman_bit_count(counts)
     expected_words = -(-bits // 32)
-    if words.size != expected_words:
+    if words.size > expected_words:
         raise FormatError(
             f"{field}: {words.size} Huffman word(s) present, the frequency table implies "
             f"{bits} bits = {expected_words} word(s)"
         )
+    # Whole trailing zero words were stripped with the zero bytes; restore them.
+    words = np.concatenate([words, np.zeros(expected_words - words.size, dtype=np.uint32)])
     if bits % 32 and int(words[-1]) >> (bits % 32):
         raise FormatError(f"{field}: non-zero bits after the last Huffman codeword")
     tree = constriction.symbol.huffman.DecoderHuffmanTree(_huffman_probabilities(counts))

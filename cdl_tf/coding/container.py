@@ -25,7 +25,8 @@ import os
 import secrets
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Literal, Mapping, Union
+from collections.abc import Iterator, Mapping
+from typing import Literal, Union
 
 import numpy as np
 
@@ -44,8 +45,8 @@ KIND_FLOAT32 = 1
 KIND_FLOAT16 = 2
 
 CODER_NONE = 0
-CODER_IDS: dict[str, int] = {"ans": 1, "huffman": 2}
-CODER_NAMES: dict[int, coders.Coder] = {v: k for k, v in CODER_IDS.items()}  # type: ignore[misc]
+CODER_NAMES: dict[int, coders.Coder] = {1: "ans", 2: "huffman"}
+CODER_IDS: dict[str, int] = {name: i for i, name in CODER_NAMES.items()}
 
 MAX_TENSORS = 1 << 16
 MAX_NDIM = 8
@@ -227,10 +228,12 @@ def _fsync_directory(directory: str) -> None:
 
 
 def _encode_metadata(metadata: Mapping | None) -> bytes:
-    if not metadata:
+    if metadata is None:
         return b""
     if not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    if not metadata:
+        return b""
     text = json.dumps(dict(metadata), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     data = text.encode("utf-8")
     if len(data) > MAX_METADATA_BYTES:

@@ -7,8 +7,7 @@
 * ``zigzag``: signed integers mapped to unsigned ones before varint coding,
   ``z(v) = 2v`` for ``v >= 0`` and ``z(v) = -2v - 1`` for ``v < 0``, so that small
   magnitudes of either sign take one byte (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...).
-* ``u8`` is one byte, ``f32`` an IEEE-754 binary32 little-endian, ``u32`` an
-  unsigned 32-bit little-endian integer.
+* ``u8`` is one byte, ``f32`` an IEEE-754 binary32 little-endian.
 
 ``ByteReader`` raises :class:`FormatError` naming the field and byte offset for
 every read past its end or every non-canonical varint; it never allocates more
@@ -23,7 +22,6 @@ from cdl_tf.coding.errors import FormatError
 MAX_VARINT_BYTES = 10
 _U64_LIMIT = 1 << 64
 _F32 = struct.Struct("<f")
-_U32 = struct.Struct("<I")
 
 
 def zigzag_encode(value: int) -> int:
@@ -57,9 +55,6 @@ class ByteWriter:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def __len__(self) -> int:
-        return len(self._buf)
-
     def u8(self, value: int) -> None:
         if not 0 <= value <= 0xFF:
             raise ValueError(f"u8 value {value} outside [0, 255]")
@@ -73,9 +68,6 @@ class ByteWriter:
 
     def f32(self, value: float) -> None:
         self._buf += _F32.pack(value)
-
-    def u32(self, value: int) -> None:
-        self._buf += _U32.pack(value)
 
     def raw(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -134,12 +126,6 @@ class ByteReader:
     def f32(self, field: str) -> float:
         self._need(4, field)
         (value,) = _F32.unpack_from(self._data, self.pos)
-        self.pos += 4
-        return value
-
-    def u32(self, field: str) -> int:
-        self._need(4, field)
-        (value,) = _U32.unpack_from(self._data, self.pos)
         self.pos += 4
         return value
 

@@ -1,0 +1,180 @@
+"""Random-mutation fuzzing of the ``.cdlz`` reader.
+
+Builds a few valid files (both coders, every tensor kind, scales, metadata),
+applies ``--n`` random mutations with a fixed seed and decodes each result with
+``decode_bytes``. Every outcome must be either a :class:`FormatError` or a
+successful decode; any other exception is a reader bug and makes the script exit
+with status 1. Mutations whose name ends in ``+crc`` rewrite the frame's length
+field and CRC-32 afterwards so that the deeper header and payload checks run.
+
+Outcomes per mutation kind and the FormatError fields that fired are written to
+``bench/results/fuzz_cdlz.json``.
+
+Usage: ``python bench/fuzz_cdlz.py [--n 100000] [--seed 0] [--out PATH]``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import time
+import zlib
+from typing import Callable
+
+import numpy as np
+
+from cdl_tf.coding import FormatError, QuantizedTensor, decode_bytes, encode_bytes
+from cdl_tf.coding.wire import ByteReader, encode_varint
+
+MAX_ELEMENTS = 1 << 20
+BIG_VALUES = [0, 1, 127, 128, 2**16, 2**28 + 1, 2**40, 2**63, 2**64 - 1]
+
+
+def base_files(rng: np.random.Generator) -> list[bytes]:
+    def geometric(shape, lo, hi, p):
+        x = (rng.geometric(p, size=shape) - 1) * rng.choice([-1, 1], size=shape)
+        return np.clip(x, lo, hi)
+
+    tensors = {
+        "conv1/kernel": QuantizedTensor(geometric((5, 5, 1, 6), -7, 7, 0.6), -7, 7, 0.05),
+        "conv1/bias": rng.normal(size=6).astype(np.float32),
+        "fc1/kernel": QuantizedTensor(geometric((40, 12), -127, 127, 0.3), -127, 127, 0.01, rng.uniform(0.5, 2, 12)),
+        "fc1/bias": QuantizedTensor(np.full((12,), 1), -7, 7, 0.1),
+        "empty": QuantizedTensor(np.zeros((0, 2), np.int8), -1, 1, 1.0),
+        "scalar": np.float32(3.5),
+    }
+    return [
+        encode_bytes(tensors, coder="ans", metadata={"model": "fuzz", "seed": 1}),
+        encode_bytes(tensors, coder="huffman"),
+        encode_bytes(tensors, coder="ans", float_dtype="float16"),
+        encode_bytes({"w": QuantizedTensor(geometric((300,), -3, 3, 0.9), -3, 3, 0.5)}, coder="huffman"),
+    ]
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """(magic, version, flags, coder) and (header + payloads) of a valid file."""
+    reader = ByteReader(memoryview(data), 7)
+    reader.varint("length")
+    return data[:7], data[reader.pos : -4]
+
+
+def refit(prefix: bytes, body: bytes) -> bytes:
+    """Re-frame ``body`` with a correct length field and CRC-32."""
+    data = prefix + encode_varint(len(body) + 4) + body
+    return data + zlib.crc32(data).to_bytes(4, "little")
+
+
+def mutators(rng: np.random.Generator) -> dict[str, Callable[[bytes], bytes]]:
+    def flip_bits(data: bytes) -> bytes:
+        out = bytearray(data)
+        for _ in range(int(rng.integers(1, 9))):
+            pos = int(rng.integers(0, 8 * len(out)))
+            out[pos // 8] ^= 1 << (pos % 8)
+        return bytes(out)
+
+    def truncate(data: bytes) -> bytes:
+        return data[: int(rng.integers(0, len(data)))]
+
+    def frame_byte(data: bytes) -> bytes:
+        out = bytearray(data)
+        out[int(rng.integers(0, 8))] = int(rng.integers(0, 256))
+        return bytes(out)
+
+    def body_flip(data: bytes) -> bytes:
+        prefix, body = _split(data)
+        return refit(prefix, flip_bits(body) if body else body)
+
+    def body_splice(data: bytes) -> bytes:
+        prefix, body = _split(data)
+        pos = int(rng.integers(0, len(body) + 1))
+        cut = int(rng.integers(0, 9))
+        insert = rng.integers(0, 256, size=int(rng.integers(0, 9)), dtype=np.uint8).tobytes()
+        return refit(prefix, body[:pos] + insert + body[pos + cut :])
+
+    def body_varint(data: bytes) -> bytes:
+        prefix, body = _split(data)
+        pos = int(rng.integers(0, len(body)))
+        end = pos
+        while end < len(body) and body[end] & 0x80:
+            end += 1
+        value = BIG_VALUES[int(rng.integers(0, len(BIG_VALUES)))]
+        value = value if rng.random() < 0.7 else int(rng.integers(0, 2**20))
+        return refit(prefix, body[:pos] + encode_varint(value) + body[end + 1 :])
+
+    return {
+        "bitflip": flip_bits,
+        "truncate": truncate,
+        "frame_byte": frame_byte,
+        "bitflip+crc": body_flip,
+        "splice+crc": body_splice,
+        "varint+crc": body_varint,
+    }
+
+
+def error_field(message: str) -> str:
+    """The field part of a FormatError message with names and numbers normalised."""
+    field = message.split(":", 1)[0]
+    field = re.sub(r"'[^']*'|\"[^\"]*\"", "*", field)
+    return re.sub(r"\b\d+\b", "#", field)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "fuzz_cdlz.json"))
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    files = base_files(rng)
+    kinds = mutators(rng)
+    names = list(kinds)
+    by_kind: dict[str, collections.Counter] = {k: collections.Counter() for k in names}
+    fields: collections.Counter = collections.Counter()
+    failures: list[dict] = []
+    start = time.perf_counter()
+    for i in range(args.n):
+        kind = names[i % len(names)]
+        original = files[int(rng.integers(0, len(files)))]
+        mutated = kinds[kind](original)
+        if mutated == original:
+            by_kind[kind]["unchanged"] += 1
+            continue
+        try:
+            decode_bytes(mutated, max_elements=MAX_ELEMENTS)
+            by_kind[kind]["decoded"] += 1
+        except FormatError as exc:
+            by_kind[kind]["format_error"] += 1
+            fields[error_field(str(exc))] += 1
+        except Exception as exc:  # a reader bug: record it
+            by_kind[kind][f"other:{type(exc).__name__}"] += 1
+            if len(failures) < 20:
+                failures.append({"kind": kind, "error": repr(exc), "data": mutated.hex()})
+    seconds = time.perf_counter() - start
+
+    totals: collections.Counter = collections.Counter()
+    for counter in by_kind.values():
+        totals.update(counter)
+    report = {
+        "n": args.n,
+        "seed": args.seed,
+        "max_elements": MAX_ELEMENTS,
+        "seconds": round(seconds, 2),
+        "outcomes": dict(totals),
+        "by_mutation": {k: dict(v) for k, v in by_kind.items()},
+        "format_error_fields": dict(fields.most_common()),
+        "other_exceptions": failures,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    print(json.dumps({k: report[k] for k in ("n", "seed", "seconds", "outcomes", "by_mutation")}, indent=1))
+    print(f"wrote {args.out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

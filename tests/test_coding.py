@@ -1,0 +1,680 @@
+"""Tests for cdl_tf.coding: coders, the .cdlz container, its validation and atomic writes."""
+from __future__ import annotations
+
+import math
+import os
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cdl_tf.coding import (
+    CodedFile,
+    FormatError,
+    QuantizedTensor,
+    decode_bytes,
+    encode_bytes,
+    index_entropy_bits,
+    read,
+    write,
+)
+from cdl_tf.coding import coders
+from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN
+from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint, zigzag_decode, zigzag_encode
+
+FAST = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FUZZ = settings(FAST, max_examples=1500)
+COMPARE_MAX = 1 << 20  # max_elements for fuzzed decodes: keeps accidental allocations small
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def skewed_indices(rng: np.random.Generator, shape, lo: int, hi: int, kind: str) -> np.ndarray:
+    """Indices in [lo, hi] with a geometric, near-deterministic, deterministic or uniform PMF."""
+    n = math.prod(shape)
+    center = int(rng.integers(lo, hi + 1))
+    if kind == "uniform":
+        x = rng.integers(lo, hi + 1, size=n)
+    elif kind == "deterministic":
+        x = np.full(n, center)
+    else:
+        p = 0.995 if kind == "near_deterministic" else float(rng.uniform(0.2, 0.95))
+        magnitude = rng.geometric(p, size=n) - 1
+        sign = rng.choice([-1, 1], size=n)
+        x = np.clip(center + sign * magnitude, lo, hi)
+    return x.astype(np.int64).reshape(shape)
+
+
+@st.composite
+def quantized_tensors(draw) -> QuantizedTensor:
+    shape = tuple(draw(st.lists(st.integers(0, 6), max_size=4)))
+    if draw(st.booleans()):
+        shape = shape + (draw(st.integers(20, 300)),)  # some tensors with many elements
+    lo = draw(
+        st.one_of(
+            st.integers(-8, 0),
+            st.integers(-300, 300),
+            st.sampled_from([INDEX_MIN, INDEX_MAX - 500, 0]),
+        )
+    )
+    hi = min(lo + draw(st.one_of(st.integers(0, 16), st.integers(0, 500))), INDEX_MAX)
+    kind = draw(st.sampled_from(["geometric", "near_deterministic", "deterministic", "uniform"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    indices = skewed_indices(rng, shape, lo, hi, kind)
+    dtype = draw(st.sampled_from([np.int64, np.int32]))
+    if lo >= -128 and hi <= 127:
+        dtype = draw(st.sampled_from([np.int8, np.int16, dtype]))
+    scales = None
+    if shape and draw(st.booleans()):
+        scales = rng.uniform(0.1, 4.0, size=shape[-1]).astype(np.float32)
+    q = draw(st.floats(1e-6, 10.0, allow_nan=False, allow_infinity=False))
+    return QuantizedTensor(indices.astype(dtype), lo, hi, q, scales)
+
+
+@st.composite
+def float_tensors(draw) -> np.ndarray:
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=3)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.normal(0, 3, size=shape).astype(draw(st.sampled_from([np.float32, np.float16])))
+    if x.size and draw(st.booleans()):
+        x.reshape(-1)[0] = draw(st.sampled_from([np.inf, -np.inf, np.nan, -0.0]))
+    return x
+
+
+tensor_dicts = st.dictionaries(
+    st.text(min_size=1, max_size=12),
+    st.one_of(quantized_tensors(), float_tensors()),
+    max_size=5,
+)
+metadata_values = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=10), st.booleans(), st.none()),
+        max_size=4,
+    ),
+)
+
+
+def assert_same(original, decoded, float_dtype: str = "float32") -> None:
+    if isinstance(original, QuantizedTensor):
+        assert isinstance(decoded, QuantizedTensor)
+        assert decoded.indices.shape == original.indices.shape
+        assert np.array_equal(decoded.indices, original.indices)
+        assert (decoded.lo, decoded.hi, decoded.q) == (original.lo, original.hi, original.q)
+        if original.scales is None:
+            assert decoded.scales is None
+        else:
+            assert np.array_equal(decoded.scales, original.scales)
+        assert np.array_equal(decoded.values, original.values, equal_nan=True)
+    else:
+        expected = np.asarray(original).astype(float_dtype)
+        assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+        assert np.array_equal(decoded, expected, equal_nan=True)
+
+
+def fix_crc(data: bytes) -> bytes:
+    body = data[:-4]
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def frame(body: bytes, *, version: int = 1, flags: int = 0, coder: int = 1) -> bytes:
+    """A file around a hand-built header+payload ``body`` (docs/cdlz-format.md, section 1 and 5)."""
+    head = b"CDLZ" + bytes((version, flags, coder)) + encode_varint(len(body) + 4)
+    return fix_crc(head + body + b"\0\0\0\0")
+
+
+def quantized_header(
+    name: str,
+    shape,
+    *,
+    lo: int,
+    hi: int,
+    q: float,
+    coder_id: int,
+    used_lo: int = 0,
+    counts=(),
+    payload_len: int | None = None,
+    scales=None,
+) -> bytes:
+    """Tensor header section 3 written by hand, field by field."""
+    w = ByteWriter()
+    w.varint(len(name.encode()))
+    w.raw(name.encode())
+    w.u8(0)
+    w.varint(len(shape))
+    for d in shape:
+        w.varint(d)
+    w.zigzag(lo)
+    w.zigzag(hi)
+    w.f32(q)
+    if scales is None:
+        w.u8(0)
+    else:
+        w.u8(1)
+        w.raw(np.asarray(scales, "<f4").tobytes())
+    w.u8(coder_id)
+    if counts:
+        w.zigzag(used_lo)
+        w.varint(len(counts) - 1)
+        for c in counts:
+            w.varint(c)
+    if payload_len is not None:
+        w.varint(payload_len)
+    return w.getvalue()
+
+
+def body(headers: list[bytes], payloads: list[bytes] = (), metadata: bytes = b"") -> bytes:
+    w = ByteWriter()
+    w.varint(len(headers))
+    w.varint(len(metadata))
+    w.raw(metadata)
+    for h in headers:
+        w.raw(h)
+    for p in payloads:
+        w.raw(p)
+    return w.getvalue()
+
+
+def sample_files() -> list[bytes]:
+    """Small valid files covering every kind, both coders, scales and metadata."""
+    rng = np.random.default_rng(7)
+    tensors = {
+        "conv/kernel": QuantizedTensor(skewed_indices(rng, (3, 3, 2, 4), -7, 7, "geometric"), -7, 7, 0.05),
+        "fc/kernel": QuantizedTensor(
+            skewed_indices(rng, (20, 6), -127, 127, "geometric"), -127, 127, 0.01, rng.uniform(0.5, 2, 6)
+        ),
+        "fc/bias": rng.normal(size=6).astype(np.float32),
+        "const": QuantizedTensor(np.full((5,), 2), -3, 3, 0.5),
+        "empty": QuantizedTensor(np.zeros((0, 4), np.int8), -1, 1, 1.0),
+    }
+    half = {"w": QuantizedTensor(skewed_indices(rng, (64,), -3, 3, "uniform"), -3, 3, 0.25), "b": np.ones(3, np.float32)}
+    return [
+        encode_bytes(tensors, coder="ans", metadata={"model": "tiny", "step": 3}),
+        encode_bytes(tensors, coder="huffman"),
+        encode_bytes(half, coder="ans", float_dtype="float16"),
+        encode_bytes(half, coder="huffman", metadata={"ü": [1, 2]}),
+    ]
+
+
+SAMPLES = sample_files()
+
+
+def decode_or_format_error(data: bytes) -> CodedFile | None:
+    """Decode; a FormatError is an accepted outcome, any other exception fails the test."""
+    try:
+        return decode_bytes(data, max_elements=COMPARE_MAX)
+    except FormatError:
+        return None
+
+
+# ------------------------------------------------------------------- primitives
+
+
+@given(st.integers(-(2**62), 2**62))
+@FAST
+def test_zigzag_round_trip(v):
+    assert zigzag_decode(zigzag_encode(v)) == v
+    assert zigzag_encode(v) >= 0
+
+
+@given(st.integers(0, 2**64 - 1))
+@FAST
+def test_varint_round_trip(v):
+    data = encode_varint(v)
+    r = ByteReader(memoryview(data))
+    assert r.varint("x") == v and r.remaining == 0
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x80", b"\x80\x00", b"\xff" * 11, b"\xff" * 9 + b"\x7f"], ids=["truncated", "non-canonical", "too-long", "over-2**64"]
+)
+def test_varint_rejects_malformed(data):
+    with pytest.raises(FormatError, match="x: "):
+        ByteReader(memoryview(data)).varint("x")
+
+
+# ------------------------------------------------------------------- coders
+
+
+@pytest.mark.parametrize("coder", coders.CODERS)
+@given(data=st.data())
+@FAST
+def test_coders_round_trip(coder, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n = data.draw(st.integers(0, 3000))
+    kind = data.draw(st.sampled_from(["geometric", "near_deterministic", "deterministic", "uniform"]))
+    x = skewed_indices(rng, (n,), 0, data.draw(st.integers(0, 300)), kind)
+    lo_used, counts = coders.frequency_table(x)
+    symbols = x - lo_used
+    payload = coders.encode_symbols(symbols, counts, coder)
+    assert (payload == b"") == (not coders.needs_payload(counts))
+    assert not payload or payload[-1] != 0
+    assert np.array_equal(coders.decode_symbols(payload, counts, coder), symbols)
+
+
+def test_encode_symbols_checks_histogram():
+    with pytest.raises(ValueError, match="histogram"):
+        coders.encode_symbols(np.array([0, 1, 1]), np.array([2, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        coders.encode_symbols(np.array([0, 2]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="coder"):
+        coders.encode_symbols(np.array([0, 1]), np.array([1, 1]), "range")
+
+
+@given(st.integers(0, 2**32 - 1))
+@FAST
+def test_huffman_padding_sits_in_high_bits(seed):
+    """The decoder's leftover-bit check relies on QueueEncoder padding the last word's high bits."""
+    rng = np.random.default_rng(seed)
+    x = skewed_indices(rng, (int(rng.integers(2, 500)),), 0, 20, "geometric")
+    _, counts = coders.frequency_table(x)
+    if not coders.needs_payload(counts):
+        return
+    words, bits = coders._encode_huffman((x - x.min()).astype(np.int32), counts)
+    assert bits == coders._huffman_bit_count(counts)
+    assert words.size == -(-bits // 32)
+    if bits % 32:
+        assert int(words[-1]) >> (bits % 32) == 0
+
+
+def test_huffman_stream_ending_in_zero_words_round_trips():
+    """Stripping trailing zero bytes may drop whole zero words; the decoder restores them."""
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        x = skewed_indices(rng, (int(rng.integers(50, 400)),), 0, 6, "uniform")
+        lo_used, counts = coders.frequency_table(x)
+        payload = coders.encode_symbols(x - lo_used, counts, "huffman")
+        if len(payload) <= 4 * (-(-coders._huffman_bit_count(counts) // 32) - 1):
+            assert np.array_equal(coders.decode_symbols(payload, counts, "huffman"), x - lo_used)
+            return
+    pytest.fail("no stream ending in a zero word found")
+
+
+@pytest.mark.parametrize("coder", coders.CODERS)
+def test_decoder_rejects_leftover_and_corrupt_payloads(coder):
+    rng = np.random.default_rng(1)
+    x = skewed_indices(rng, (5000,), 0, 30, "geometric")
+    lo_used, counts = coders.frequency_table(x)
+    payload = coders.encode_symbols(x - lo_used, counts, coder)
+    for bad in (payload + b"\x01", payload + b"\0\0\0\x01", payload[:-1], payload + b"\0", b"", b"\x05"):
+        with pytest.raises(FormatError):
+            coders.decode_symbols(bad, counts, coder)
+    wrong_counts = counts.copy()
+    j = int(np.argmax(counts))
+    wrong_counts[j] -= 1
+    wrong_counts[(j + 1) % counts.size] += 1
+    with pytest.raises(FormatError):
+        coders.decode_symbols(payload, wrong_counts, coder)
+    with pytest.raises(FormatError, match="<= 1 distinct"):
+        coders.decode_symbols(b"\x01", np.array([7]), coder)
+
+
+def test_ans_rate_close_to_entropy():
+    rng = np.random.default_rng(0)
+    n = 10**5
+    x = skewed_indices(rng, (n,), -127, 127, "geometric")
+    h = index_entropy_bits(x)
+    assert 0.2 < h < 4
+    t = {"w": QuantizedTensor(x, -127, 127, 0.01)}
+    f = decode_bytes(encode_bytes(t, coder="ans"))
+    ratio = f.payload_bytes("w") * 8 / (n * h)
+    assert ratio <= 1.01, ratio
+    assert f.total_bytes * 8 <= 1.01 * n * h + 8 * f.header_bytes
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.995])
+def test_huffman_never_below_one_bit_per_value(p):
+    rng = np.random.default_rng(0)
+    n = 10**4
+    x = np.clip(rng.geometric(p, n) - 1, 0, 50)
+    _, counts = coders.frequency_table(x)
+    assert coders._huffman_bit_count(counts) >= n
+    f = decode_bytes(encode_bytes({"w": QuantizedTensor(x, 0, 50, 1.0)}, coder="huffman"))
+    assert f.payload_bytes("w") * 8 >= n - 32  # minus at most the stripped zero bytes of the last word
+
+
+def test_index_entropy_bits():
+    assert index_entropy_bits(np.array([], int)) == 0.0
+    assert index_entropy_bits(np.full(10, 3)) == 0.0
+    assert index_entropy_bits(np.array([0, 1, 2, 3])) == pytest.approx(2.0)
+    assert index_entropy_bits(np.array([[-1, -1], [5, 5]])) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------- container round trip
+
+
+@given(tensors=tensor_dicts, coder=st.sampled_from(["ans", "huffman"]), float_dtype=st.sampled_from(["float32", "float16"]), metadata=metadata_values)
+@FAST
+def test_container_round_trip(tensors, coder, float_dtype, metadata):
+    data = encode_bytes(tensors, coder=coder, float_dtype=float_dtype, metadata=metadata)
+    f = decode_bytes(data)
+    assert list(f) == list(tensors)
+    assert f.coder == coder
+    assert f.metadata == (metadata or {})
+    assert f.total_bytes == len(data)
+    assert f.lossy == (float_dtype == "float16" and any(isinstance(t, np.ndarray) for t in tensors.values()))
+    for name, t in tensors.items():
+        assert_same(t, f[name], float_dtype)
+    assert f.header_bytes + sum(f.payload_bytes(n) for n in f) == len(data)
+
+
+def test_single_symbol_empty_and_scalar_tensors_need_no_payload():
+    t = {
+        "const": QuantizedTensor(np.full((4, 5), -3), -7, 7, 0.5),
+        "empty": QuantizedTensor(np.zeros((3, 0, 2), np.int16), -2, 2, 0.5),
+        "scalar": QuantizedTensor(np.array(4), 0, 9, 2.0),
+        "fscalar": np.float32(1.5),
+        "fempty": np.zeros((0,), np.float32),
+    }
+    f = decode_bytes(encode_bytes(t))
+    for name in ("const", "empty", "scalar", "fempty"):
+        assert f.payload_bytes(name) == 0
+    assert f.payload_bytes("fscalar") == 4
+    for name in t:
+        assert_same(t[name], f[name])
+    assert f["const"].indices.dtype == np.int8
+
+
+def test_decoded_arrays_are_read_only_and_dtype_fits_alphabet():
+    t = {
+        "a": QuantizedTensor(np.array([0, 1, 1]), -7, 7, 1.0),
+        "b": QuantizedTensor(np.array([0, 1000]), -1000, 1000, 1.0),
+        "c": QuantizedTensor(np.array([0, 1]), INDEX_MIN, INDEX_MAX, 1.0, scales=[2.0, 3.0]),
+        "d": np.ones(2, np.float32),
+    }
+    f = decode_bytes(encode_bytes(t))
+    assert [f[k].indices.dtype for k in "abc"] == [np.int8, np.int16, np.int32]
+    with pytest.raises(ValueError):
+        f["a"].indices[0] = 3
+    with pytest.raises(ValueError):
+        f["d"][0] = 3
+    assert np.array_equal(f["c"].values, np.array([0.0, 3.0], np.float32))
+    with pytest.raises(TypeError):
+        f["e"] = 1  # type: ignore[index]
+
+
+def test_metadata_round_trip_and_float16_flag():
+    meta = {"model": "lenet5", "bits": [0.5, 1.25], "nested": {"ok": True, "n": None}, "ünï": "çødé"}
+    f = decode_bytes(encode_bytes({"b": np.arange(3, dtype=np.float32) / 3}, float_dtype="float16", metadata=meta))
+    assert f.metadata == meta and f.lossy
+    assert f["b"].dtype == np.float16
+    g = decode_bytes(encode_bytes({"b": np.arange(3, dtype=np.float32) / 3}))
+    assert not g.lossy and g.metadata == {} and g["b"].dtype == np.float32
+
+
+def test_writer_rejects_bad_input():
+    with pytest.raises(ValueError, match="coder"):
+        encode_bytes({}, coder="zip")
+    with pytest.raises(ValueError, match="float_dtype"):
+        encode_bytes({}, float_dtype="bfloat16")
+    with pytest.raises(TypeError, match="QuantizedTensor or a floating"):
+        encode_bytes({"x": np.array([1, 2])})
+    with pytest.raises(ValueError, match="not exactly representable"):
+        encode_bytes({"x": np.array([0.1])})
+    with pytest.raises(ValueError, match="name"):
+        encode_bytes({"": np.zeros(1, np.float32)})
+    with pytest.raises(ValueError, match="used index range"):
+        encode_bytes({"x": QuantizedTensor(np.array([0, 70000]), 0, 70000, 1.0)})
+    with pytest.raises(ValueError, match="NaN|Out of range"):
+        encode_bytes({}, metadata={"x": float("nan")})
+    with pytest.raises(TypeError, match="metadata must be a mapping"):
+        encode_bytes({}, metadata=[])
+    with pytest.raises(ValueError, match="outside"):
+        QuantizedTensor(np.array([8]), -7, 7, 1.0)
+    with pytest.raises(ValueError, match="q must be"):
+        QuantizedTensor(np.array([1]), -7, 7, 0.0)
+    with pytest.raises(ValueError, match="scales shape"):
+        QuantizedTensor(np.zeros((2, 3), int), -7, 7, 1.0, scales=np.ones(2))
+    with pytest.raises(ValueError, match="integer dtype"):
+        QuantizedTensor(np.zeros(3), -7, 7, 1.0)
+
+
+def test_hand_built_file_matches_writer():
+    """The byte layout in docs/cdlz-format.md, written independently, equals the writer's output."""
+    x = np.array([[0, 1], [1, 1], [3, 1]])
+    counts = [1, 4, 0, 1]
+    payload = coders.encode_symbols(x.reshape(-1), np.array(counts), "ans")
+    headers = [
+        quantized_header("w", (3, 2), lo=-4, hi=4, q=0.5, coder_id=1, used_lo=0, counts=counts, payload_len=len(payload), scales=[1.0, 2.0]),
+        quantized_header("c", (2,), lo=-1, hi=1, q=1.0, coder_id=0, used_lo=-1, counts=[2]),
+    ]
+    fb = ByteWriter()
+    fb.varint(1)
+    fb.raw(b"b")
+    fb.u8(1)
+    fb.varint(1)
+    fb.varint(2)
+    headers.append(fb.getvalue())
+    expected = frame(body(headers, [payload, np.array([1.5, -2], "<f4").tobytes()], metadata=b'{"k":1}'))
+    got = encode_bytes(
+        {
+            "w": QuantizedTensor(x, -4, 4, 0.5, scales=[1.0, 2.0]),
+            "c": QuantizedTensor(np.array([-1, -1]), -1, 1, 1.0),
+            "b": np.array([1.5, -2], np.float32),
+        },
+        metadata={"k": 1},
+    )
+    assert got == expected
+
+
+# ------------------------------------------------------------------- validation
+
+
+def _valid_parts():
+    counts = [3, 1]
+    payload = coders.encode_symbols(np.array([0, 0, 1, 0]), np.array(counts), "ans")
+    return counts, payload
+
+
+def _one_tensor(**overrides) -> bytes:
+    counts, payload = _valid_parts()
+    fields = dict(lo=-2, hi=2, q=0.5, coder_id=1, used_lo=0, counts=counts, payload_len=len(payload))
+    shape = overrides.pop("shape", (4,))
+    payloads = overrides.pop("payloads", [payload])
+    fields.update(overrides)
+    return frame(body([quantized_header("w", shape, **fields)], payloads))
+
+
+def test_one_tensor_helper_is_valid():
+    f = decode_bytes(_one_tensor())
+    assert np.array_equal(f["w"].indices, [0, 0, 1, 0])
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "too short"),
+        (b"CDL", "too short"),
+        (b"XDLZ" + SAMPLES[0][4:], "magic"),
+        (b"CDLZ\x02" + SAMPLES[0][5:], "version"),
+        (b"CDLZ\x00" + SAMPLES[0][5:], "version"),
+        (b"CDLZ\x01\x80" + SAMPLES[0][6:], "flags"),
+        (b"CDLZ\x01\x00\x07" + SAMPLES[0][7:], "coder"),
+        (SAMPLES[0] + b"\0", "length"),
+        (SAMPLES[0][:-1], "length"),
+        (SAMPLES[0][:-4] + bytes(4), "crc32"),
+        (frame(b"", coder=1)[:7] + b"\x00", "length"),
+        (_one_tensor(shape=(2**40,)), "max_elements"),
+        (_one_tensor(shape=(2**20, 2**20)), "max_elements"),
+        (_one_tensor(shape=(2**14, 2**14, 0)), "empty tensor"),  # large dims, zero elements
+        (_one_tensor(shape=(1,) * 9), "ndim"),
+        (_one_tensor(counts=[3, 2]), "sum to 5"),
+        (_one_tensor(counts=[2**63, 1]), "sum to"),
+        (_one_tensor(counts=[0, 3, 1], used_lo=-1), "used range must start"),
+        (_one_tensor(used_lo=2), "used range"),
+        (_one_tensor(lo=3, hi=2), "lo/hi"),
+        (_one_tensor(lo=-(2**40)), "lo/hi"),
+        (_one_tensor(q=0.0), "q"),
+        (_one_tensor(q=float("nan")), "q"),
+        (_one_tensor(q=float("inf")), "q"),
+        (_one_tensor(coder_id=2), "coder id"),
+        (_one_tensor(coder_id=0, payload_len=None, payloads=[]), "coder id"),
+        (_one_tensor(payload_len=0, payloads=[]), "payload length"),
+        (_one_tensor(payload_len=_valid_parts()[1].__len__() + 1), "payload lengths sum"),
+        (_one_tensor(payloads=[_valid_parts()[1] + b"\x01"], payload_len=len(_valid_parts()[1]) + 1), "payload"),
+        (_one_tensor(scales=[1.0, float("nan"), 1.0, 1.0]), "scales"),
+        (_one_tensor(scales=[1.0]), None),  # consumes the wrong number of bytes: some later field fails
+        (_one_tensor(shape=(), counts=[1], coder_id=0, payload_len=None, payloads=[], scales=[1.0]), "0-d"),
+        (frame(body([quantized_header("w", (0,), lo=0, hi=1, q=1.0, coder_id=1)])), "empty tensor"),
+        (frame(body([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])] * 2)), "duplicate"),
+        (frame(body([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])]).replace(b"w", b"\xff")), "UTF-8"),
+        (frame(body([], metadata=b"[1, 2]")), "JSON object"),
+        (frame(body([], metadata=b"{\"a\": NaN}")), "NaN"),
+        (frame(body([], metadata=b"{\"a\":")), "JSON"),
+        (frame(body([], metadata=b"[" * 100000 + b"]" * 100000)), "metadata"),
+        (frame(body([], metadata=b"\xff\xfe")), "metadata"),
+        (frame(body([]), flags=1), "lossy"),
+        (frame(encode_varint(70000) + b"\0"), "tensor count"),
+        (frame(encode_varint(1) + encode_varint(2**21)), "metadata length"),
+        (frame(body([b"\x01w\x07\x00"])), "kind"),
+        (frame(body([b"\x01w\x01\x01\x05"])), "payload lengths sum"),
+        (frame(body([b"\x00"])), "name length"),
+    ],
+)
+def test_reader_rejects(data, message):
+    with pytest.raises(FormatError, match=message):
+        decode_bytes(data)
+
+
+def test_empty_file_is_valid():
+    f = decode_bytes(encode_bytes({}))
+    assert len(f) == 0 and f.metadata == {} and f.coder == "ans"
+
+
+def test_reader_rejects_non_bytes_and_negative_limit():
+    with pytest.raises(TypeError):
+        decode_bytes("CDLZ")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        decode_bytes(SAMPLES[0], max_elements=-1)
+
+
+def test_max_elements_applies_to_total():
+    data = encode_bytes({"a": np.zeros(60, np.float32), "b": QuantizedTensor(np.zeros(60, int), 0, 1, 1.0)})
+    decode_bytes(data, max_elements=120)
+    with pytest.raises(FormatError, match="total element count"):
+        decode_bytes(data, max_elements=100)
+    with pytest.raises(FormatError, match="max_elements"):
+        decode_bytes(data, max_elements=50)
+
+
+# ------------------------------------------------------------------- fuzzing
+
+
+@pytest.mark.parametrize("sample", range(len(SAMPLES)))
+def test_every_truncation_is_rejected(sample):
+    data = SAMPLES[sample]
+    for n in range(len(data)):
+        with pytest.raises(FormatError):
+            decode_bytes(data[:n])
+
+
+@given(sample=st.integers(0, len(SAMPLES) - 1), flips=st.lists(st.integers(0, 10**9), min_size=1, max_size=8), fix=st.booleans())
+@FUZZ
+def test_bit_flips_raise_only_format_error(sample, flips, fix):
+    data = bytearray(SAMPLES[sample])
+    for f in flips:
+        pos = f % (8 * (len(data) - 4 if fix else len(data)))
+        data[pos // 8] ^= 1 << (pos % 8)
+    data = bytes(data)
+    if fix:
+        data = fix_crc(data)
+        decode_or_format_error(data)
+    elif data != SAMPLES[sample]:
+        with pytest.raises(FormatError):
+            decode_bytes(data, max_elements=COMPARE_MAX)
+
+
+@given(
+    sample=st.integers(0, len(SAMPLES) - 1),
+    start=st.integers(7, 10**9),
+    replacement=st.binary(min_size=0, max_size=12),
+    cut=st.integers(0, 12),
+)
+@FUZZ
+def test_splices_with_fixed_crc_raise_only_format_error(sample, start, replacement, cut):
+    """Byte replacements, insertions and deletions past the frame, with length and CRC fixed up."""
+    data = SAMPLES[sample]
+    head_end = 7 + len(encode_varint(len(data) - 7))  # magic..coder + length varint
+    body_ = data[head_end:-4]
+    pos = start % (len(body_) + 1)
+    mutated = body_[:pos] + replacement + body_[pos + cut :]
+    decode_or_format_error(frame(mutated, version=data[4], flags=data[5], coder=data[6]))
+
+
+@given(
+    sample=st.integers(0, len(SAMPLES) - 1),
+    pos=st.integers(0, 10**9),
+    value=st.sampled_from([2**40, 2**28 + 1, 2**63, 2**64 - 1, 0, 1, 127, 128, 65535, 65536]),
+)
+@FUZZ
+def test_inflated_varints_raise_only_format_error(sample, pos, value):
+    """Overwrite the varint starting at a header byte with a large declared size."""
+    data = SAMPLES[sample]
+    head_end = 7 + len(encode_varint(len(data) - 7))
+    body_ = data[head_end:-4]
+    p = pos % len(body_)
+    end = p
+    while end < len(body_) and body_[end] & 0x80:
+        end += 1
+    mutated = body_[:p] + encode_varint(value) + body_[end + 1 :]
+    decode_or_format_error(frame(mutated, version=data[4], flags=data[5], coder=data[6]))
+
+
+# ------------------------------------------------------------------- files
+
+
+def test_write_read_round_trip_and_no_temp_files(tmp_path):
+    tensors = {"w": QuantizedTensor(np.array([[0, 1], [2, 2]]), -2, 2, 0.25), "b": np.ones(2, np.float32)}
+    path = tmp_path / "model.cdlz"
+    n = write(path, tensors, coder="huffman", metadata={"a": 1})
+    assert n == path.stat().st_size
+    assert os.listdir(tmp_path) == ["model.cdlz"]
+    f = read(path)
+    assert f.coder == "huffman" and f.metadata == {"a": 1}
+    for name in tensors:
+        assert_same(tensors[name], f[name])
+    assert read(str(path)).total_bytes == n
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_failed_write_keeps_existing_file(tmp_path, monkeypatch, failing):
+    path = tmp_path / "model.cdlz"
+    write(path, {"b": np.ones(2, np.float32)})
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, failing, boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        write(path, {"b": np.zeros(5, np.float32)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.cdlz"]
+
+
+def test_invalid_tensors_do_not_touch_existing_file(tmp_path):
+    path = tmp_path / "model.cdlz"
+    write(path, {"b": np.ones(2, np.float32)})
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write(path, {"b": np.ones(2, np.int32)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.cdlz"]
+
+
+def test_read_rejects_corrupt_file_on_disk(tmp_path):
+    path = tmp_path / "bad.cdlz"
+    path.write_bytes(SAMPLES[1][:-3])
+    with pytest.raises(FormatError):
+        read(path)
