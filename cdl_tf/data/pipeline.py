@@ -1,0 +1,87 @@
+"""`make_dataset`: deterministic, normalised (and for CIFAR training, augmented) `tf.data` pipelines."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from cdl_tf.data.arrays import ARRAY_DATASETS, load_arrays
+from cdl_tf.data.imagenet import imagenet_dataset
+from cdl_tf.data.info import check_name
+from cdl_tf.data.tfdata import finish, with_seeds
+
+# Mean and population std of the train images scaled to [0, 1] (per channel for CIFAR).
+STATS = {
+    "mnist": ((0.13066048,), (0.30810780,)),
+    "fashion_mnist": ((0.28604060,), (0.35302424,)),
+    "cifar10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+    "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+}
+AUGMENTED = ("cifar10", "cifar100")
+PAD = 4
+
+
+def make_dataset(
+    name: str,
+    split: str,
+    batch_size: int,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    training: bool,
+    seed: int = 0,
+    augment: bool | None = None,
+    subset: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``(float32 normalised images, int64 labels)`` of ``split`` of ``name``.
+
+    The raw uint8 images are cached, then shuffled if ``training`` (reshuffled every
+    epoch), then augmented if ``augment`` (default: ``training`` for CIFAR; not
+    available for MNIST/Fashion-MNIST): a random 32x32 crop of the image zero-padded
+    by 4 pixels (black, as in the torchvision recipe) and a random horizontal flip.
+    Finally images are scaled to [0, 1] and normalised with the train mean/std (per
+    channel for CIFAR). ``subset=n`` keeps
+    the first ``n`` examples of a seeded permutation. Everything random derives from
+    ``seed`` through stateless ops, so pipelines built with equal seeds yield
+    identical batches. ``data_dir`` resolves as in `load_arrays`; for
+    ``imagenet2012`` it is the TFDS data directory (see `imagenet_dataset`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be >= 1, got {subset}")
+    if name == "imagenet2012":
+        return imagenet_dataset(
+            split, batch_size, data_dir=data_dir, training=training, seed=seed, augment=augment,
+            subset=subset, drop_remainder=drop_remainder,
+        )
+    check_name(name, ARRAY_DATASETS)
+    if augment is None:
+        augment = training and name in AUGMENTED
+    if augment and name not in AUGMENTED:
+        raise ValueError(
+            f"no augmentation is defined for {name!r}; it exists for {', '.join(AUGMENTED)}"
+        )
+    images, labels = load_arrays(name, split, data_dir)
+    if subset is not None:
+        if subset > len(labels):
+            raise ValueError(f"subset must be in [1, {len(labels)}] for {name} {split}, got {subset}")
+        keep = np.random.default_rng(seed).permutation(len(labels))[:subset]
+        images, labels = images[keep], labels[keep]
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    if training:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        ds = with_seeds(ds, seed).map(_pad_crop_flip, num_parallel_calls=tf.data.AUTOTUNE)
+    mean, std = (tf.constant(s, tf.float32) for s in STATS[name])
+    ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) / 255.0 - mean) / std, y), tf.data.AUTOTUNE)
+    return finish(ds, batch_size, drop_remainder)
+
+
+def _pad_crop_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
+    padded = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed), label
