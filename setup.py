@@ -5,6 +5,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tf-keras==2.21.0",
     "tensorflow-model-optimization==0.8.1",
+    "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
     "absl-py==1.4.0",
     "ml-collections==1.1.0",

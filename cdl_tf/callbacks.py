@@ -1,11 +1,14 @@
 """Keras callbacks for CDL training."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
+import tensorflow as tf
 import tf_keras as keras
 
 from cdl_tf.quantize import quantizers
+from cdl_tf.report import rate_report
 
 
 class RateSchedule(keras.callbacks.Callback):
@@ -29,3 +32,27 @@ class RateSchedule(keras.callbacks.Callback):
         m = float(self.multiplier(epoch))
         for _, quantizer, variables in quantizers(self.model):
             variables["rate_weight"].assign(quantizer.rate_weight * m)
+
+
+class RateLogger(keras.callbacks.Callback):
+    """Write per-tensor weight rates and every quantizer's ``q``, ``alpha`` to TensorBoard each epoch."""
+
+    def __init__(self, logdir: str):
+        super().__init__()
+        self.logdir = logdir
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "rates"))
+        report = rate_report(self.model)
+        with self._writer.as_default(step=epoch):
+            for t in report.tensors:
+                tf.summary.scalar(f"q/{t.name}", t.q)
+                tf.summary.scalar(f"alpha/{t.name}", t.alpha)
+                if t.hard_bits is not None:
+                    tf.summary.scalar(f"bits/{t.name}", t.hard_bits)
+                    tf.summary.scalar(f"bits_soft/{t.name}", t.soft_bits)
+            for key in ("bits_per_weight", "bits_per_weight_soft"):
+                tf.summary.scalar(f"total/{key}", report.totals[key])
+        self._writer.flush()

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from cdl_tf.data import DatasetError, dataset_info, load_arrays, make_dataset
 from cdl_tf.data import checksums, cifar, idx
-from cdl_tf.data.pipeline import STATS
+from cdl_tf.data.pipeline import STATS, normalization
 
 REAL = ("mnist", "fashion_mnist", "cifar10")
 # First labels of the original files (CIFAR-10 npz: sorted by label).
@@ -305,7 +305,7 @@ def test_eval_pipeline_is_normalised_and_in_order(arrays, data_dir):
     ds = make_dataset("mnist", "test", 100, data_dir=data_dir, training=False)
     (images, labels), = _batches(ds, 1)
     assert images.dtype == np.float32 and labels.dtype == np.int64
-    mean, std = STATS["mnist"]
+    mean, std = normalization("mnist")
     np.testing.assert_allclose(images, (x[:100] / 255.0 - mean[0]) / std[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(labels, y[:100])
 
@@ -321,7 +321,7 @@ def test_augmentation_is_a_padded_crop_and_optional_flip(arrays, data_dir):
     np.testing.assert_array_equal(labels, labels_aug)  # same shuffle, images changed in place
     assert augmented.shape == plain.shape == (32, 32, 32, 3)
     assert not np.allclose(augmented, plain)
-    mean, std = (np.array(s, np.float32) for s in STATS["cifar10"])
+    mean, std = normalization("cifar10")
     raw = np.round((plain * std + mean) * 255).astype(np.int64)
     padded = np.pad(raw, [(0, 0), (4, 4), (4, 4), (0, 0)])  # zero (black) padding
     recovered = (augmented * std + mean) * 255

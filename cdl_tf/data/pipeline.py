@@ -11,6 +11,17 @@ from cdl_tf.data.imagenet import imagenet_dataset
 from cdl_tf.data.info import check_name
 from cdl_tf.data.tfdata import finish, with_seeds
 
+def normalization(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` applied to images scaled to [0, 1]: ``(x - mean) / std``.
+
+    The mean is the train mean rounded to a whole pixel value, so a single-channel
+    normalised image is exactly an int8 grid with an integer zero point and TFLite's
+    int8 input loses nothing.
+    """
+    mean, std = STATS[name]
+    return (np.round(np.multiply(mean, 255.0)) / 255.0).astype(np.float32), np.asarray(std, np.float32)
+
+
 # Mean and population std of the train images scaled to [0, 1] (per channel for CIFAR).
 STATS = {
     "mnist": ((0.13066048,), (0.30810780,)),
@@ -75,7 +86,7 @@ def make_dataset(
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
         ds = with_seeds(ds, seed).map(_pad_crop_flip, num_parallel_calls=tf.data.AUTOTUNE)
-    mean, std = (tf.constant(s, tf.float32) for s in STATS[name])
+    mean, std = (tf.constant(v) for v in normalization(name))
     ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) / 255.0 - mean) / std, y), tf.data.AUTOTUNE)
     return finish(ds, batch_size, drop_remainder)
 

@@ -1,0 +1,220 @@
+"""Config-driven training of float, TF-MOT 8-bit and CDL models with `model.fit`.
+
+A run lives in a work directory:
+
+    config.json        the validated config of the run
+    backup/            `BackupAndRestore` state: a killed run restarts where it stopped
+    tensorboard/       loss, accuracy, rates overall and per tensor, q and alpha per tensor
+    model.keras        the trained model (load inside `cdl_tf.quantize_scope()`)
+    metrics.json       test accuracy with hard quantization, rates, parameter counts, times
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+import tensorflow_model_optimization as tfmot
+
+from cdl_tf import data as cdl_data
+from cdl_tf import models as cdl_models
+from cdl_tf.data.info import DATASETS
+from cdl_tf.batchnorm import reestimate_batchnorm
+from cdl_tf.callbacks import RateLogger, RateSchedule
+from cdl_tf.config import CDLConfig
+from cdl_tf.io import atomic_write_json
+from cdl_tf.quantize import quantize_model, quantize_scope
+from cdl_tf.report import rate_report
+
+MODES = ("float", "cdl", "rcdl", "ste", "tfmot8")
+CDL_MODES = ("cdl", "rcdl", "ste")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+
+
+class ConfigError(ValueError):
+    """A training config field is missing, out of range or unknown."""
+
+
+def _require(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field}: {msg}")
+
+
+def validate_config(config) -> CDLConfig:
+    """Check every field before anything runs; returns the run's `CDLConfig`."""
+    c = config
+    _require(c.mode in MODES, "mode", f"must be one of {MODES}, got {c.mode!r}")
+    _require(c.model in cdl_models.MODELS, "model", f"unknown model {c.model!r}; known: {sorted(cdl_models.MODELS)}")
+    _require(c.dataset in DATASETS, "dataset", f"unknown dataset {c.dataset!r}; known: {sorted(DATASETS)}")
+    for field in ("epochs", "batch_size"):
+        v = c[field]
+        _require(isinstance(v, int) and v > 0, field, f"must be a positive integer, got {v!r}")
+    for field in ("train_subset", "test_subset", "bn_reestimate_steps", "rate_warmup_epochs"):
+        v = c[field]
+        _require(isinstance(v, int) and v >= 0, field, f"must be an integer >= 0, got {v!r}")
+    o = c.optimizer
+    _require(o.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {o.name!r}")
+    _require(o.schedule in SCHEDULES, "optimizer.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
+    _require(o.learning_rate > 0, "optimizer.learning_rate", f"must be > 0, got {o.learning_rate!r}")
+    _require(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay!r}")
+    _require(0 <= o.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {o.momentum!r}")
+    _require(isinstance(o.warmup_epochs, int) and 0 <= o.warmup_epochs < c.epochs, "optimizer.warmup_epochs",
+             f"must be an integer in [0, epochs), got {o.warmup_epochs!r}")
+    _require(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}, got {c.strategy!r}")
+    _require("mode" not in c.cdl, "cdl.mode", "the training mode is config.mode")
+    _require(not c.init_from or os.path.isfile(os.path.join(c.init_from, "model.keras")), "init_from",
+             f"{c.init_from!r} holds no model.keras")
+    try:
+        return CDLConfig.from_dict({**c.cdl.to_dict(), "mode": c.mode if c.mode in CDL_MODES else "cdl"})
+    except ValueError as e:
+        raise ConfigError(f"config.cdl: {e}") from e
+
+
+def _optimizer(config, steps_per_epoch: int):
+    o = config.optimizer
+    total = config.epochs * steps_per_epoch
+    warmup = o.warmup_epochs * steps_per_epoch
+    if o.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            o.learning_rate / 10 if warmup else o.learning_rate, max(total - warmup, 1),
+            warmup_target=o.learning_rate if warmup else None, warmup_steps=warmup,
+        )
+    else:
+        lr = o.learning_rate
+    if o.name == "adam":
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=True)
+
+
+def build_model(config, cdl_config: CDLConfig) -> keras.Model:
+    """The float model of the config, quantized as its mode says (weights from ``init_from``)."""
+    info = cdl_data.dataset_info(config.dataset)
+    model = cdl_models.get_model(config.model, info.input_shape, info.num_classes, config.optimizer.weight_decay)
+    if config.init_from:
+        with quantize_scope():
+            source = keras.models.load_model(os.path.join(config.init_from, "model.keras"), compile=False)
+        if len(source.get_weights()) != len(model.get_weights()):
+            raise ConfigError(f"config.init_from: {config.init_from!r} is not a float {config.model} run")
+        model.set_weights(source.get_weights())
+    if config.mode in CDL_MODES:
+        return quantize_model(model, cdl_config)
+    if config.mode == "tfmot8":
+        return tfmot.quantization.keras.quantize_model(model)
+    return model
+
+
+def _datasets(config):
+    data_dir = config.data_dir or None
+    train = cdl_data.make_dataset(
+        config.dataset, "train", config.batch_size, data_dir=data_dir, training=True, seed=config.seed,
+        subset=config.train_subset or None,
+    )
+    test = cdl_data.make_dataset(
+        config.dataset, "test", config.batch_size, data_dir=data_dir, training=False, seed=config.seed,
+        subset=config.test_subset or None,
+    )
+    return train, test
+
+
+def _first_batch(dataset, n: int) -> np.ndarray:
+    xs = []
+    for x, _ in dataset:
+        xs.append(x.numpy())
+        if sum(len(b) for b in xs) >= n:
+            break
+    return np.concatenate(xs)[:n]
+
+
+def _save_config(config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    atomic_write_json(path, json.loads(config.to_json()))
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+    """Train the run of ``config`` in ``workdir`` (resuming if it was interrupted); returns metrics."""
+    cdl_config = validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    _save_config(config, workdir)
+    keras.utils.set_random_seed(config.seed)
+    start = time.time()
+    train, test = _datasets(config)
+    steps_per_epoch = int(train.cardinality())
+    model = build_model(config, cdl_config)
+    model.compile(
+        optimizer=_optimizer(config, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+    ]
+    if config.mode in CDL_MODES:
+        callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(workdir, "tensorboard"))]
+    history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
+    if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
+        raise FloatingPointError("training stopped on a NaN loss; lower the learning rate or the lambdas")
+    train_time = time.time() - start
+    if config.mode in CDL_MODES and config.bn_reestimate_steps:
+        reestimate_batchnorm(model, train, steps=config.bn_reestimate_steps)
+    model.save(os.path.join(workdir, "model.keras"))
+    metrics = evaluate(model, config, test)
+    metrics.update(
+        train_time_s=train_time, epochs=config.epochs,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+    )
+    atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    return metrics
+
+
+def evaluate(model, config, test) -> Dict[str, Any]:
+    """Hard-quantized test accuracy, rates and parameter counts of a trained model."""
+    results = model.evaluate(test, verbose=0, return_dict=True)
+    metrics: Dict[str, Any] = {
+        "mode": config.mode, "model": config.model, "dataset": config.dataset,
+        "test_accuracy": float(results["accuracy"]), "test_error": 1.0 - float(results["accuracy"]),
+        "test_loss": float(results["loss"]),
+        "params": int(sum(w.shape.num_elements() for w in model.weights if w.dtype.is_floating and w.trainable)),
+    }
+    if config.mode in CDL_MODES:
+        report = rate_report(model, _first_batch(test, min(1000, config.batch_size * 8)))
+        totals = report.totals
+        metrics.update(
+            bits_per_weight=totals["bits_per_weight"],
+            bits_per_weight_soft=totals["bits_per_weight_soft"],
+            bits_per_activation=totals["bits_per_activation"],
+            bits_per_activation_soft=totals["bits_per_activation_soft"],
+            quantized_weights=totals["quantized_weights"],
+            weight_bits_total=totals["weight_bits_total"],
+            layers=[dataclasses.asdict(t) for t in report.tensors],
+            cdl=dataclasses.asdict(validate_config(config)),
+        )
+    return metrics
+
+
+def evaluate_workdir(workdir: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Re-evaluate the saved model of a finished run on its test set."""
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir!r} is not a run directory: no config.json")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if data_dir:
+        config.data_dir = data_dir
+    validate_config(config)
+    with quantize_scope():
+        model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    _, test = _datasets(config)
+    return evaluate(model, config, test)

@@ -1,0 +1,48 @@
+"""Defaults shared by every experiment config; each config overrides what it needs."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields of a training run (validated by `cdl_tf.training.validate_config`)."""
+    c = ml_collections.ConfigDict()
+    c.model = "lenet5"
+    c.dataset = "mnist"
+    c.data_dir = ""  # '' -> $CDL_DATA_DIR, else TFDS
+    c.train_subset = 0  # > 0: train on this many examples only
+    c.test_subset = 0
+    c.mode = "cdl"  # float | cdl | rcdl | ste | tfmot8
+    c.epochs = 20
+    c.batch_size = 128
+    c.seed = 0
+    c.init_from = ""  # workdir of a finished run whose model weights start this one
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # adam | sgd
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.momentum = 0.9  # sgd only
+    c.optimizer.schedule = "cosine"  # cosine | constant
+    c.optimizer.warmup_epochs = 0
+    c.optimizer.weight_decay = 0.0  # L2 on conv/dense kernels only (never on q, alpha)
+
+    c.cdl = ml_collections.ConfigDict()  # CDLConfig fields but `mode`
+    c.cdl.weight_bits = 4
+    c.cdl.activation_bits = 4
+    c.cdl.first_layer_bits = 8
+    c.cdl.last_layer_bits = 8
+    c.cdl.weight_window = 5
+    c.cdl.activation_window = 5
+    c.cdl.weight_alphabet = "symmetric"
+    c.cdl.quantize_activations = True
+    c.cdl.init_kappa = 4.0
+    c.cdl.softness_param = "kappa"
+    c.cdl.train_softness = True
+    c.cdl.train_step = True
+    c.cdl.step_grad_scale = True
+    c.cdl.lambda_w = 0.0
+    c.cdl.lambda_a = 0.0
+    c.rate_warmup_epochs = 0  # ramp lambda_w, lambda_a linearly over these epochs
+
+    c.bn_reestimate_steps = 50  # batches used to re-estimate BatchNorm before evaluation
+    c.strategy = "default"  # default | mirrored | multiworker | tpu
+    c.verbose = 2
+    return c

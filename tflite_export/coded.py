@@ -1,0 +1,115 @@
+"""A CDL model's inference weights as ``.cdlz`` tensors, and back.
+
+Quantized kernels are stored as their integer indices with step ``q``
+(`QuantizedTensor`); every other variable inference reads (biases, BatchNorm
+parameters and statistics, activation steps ``log q``, weights of float layers) is
+stored as float. Training-only state (softness, draw counters, rate weights) is
+not stored; a decoded model has its quantizers marked initialised.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from cdl_tf.coding import QuantizedTensor, index_entropy_bits
+from cdl_tf.quantize import quantizers
+
+_TRAINING_ONLY = ("_log_kappa", "_log_alpha", "_step", "_rate_weight", "_initialized", "optimizer_step")
+
+
+def _named_variables(model):
+    """``(layer/variable, variable)`` for every variable, named by the layer that owns it.
+
+    Variable names alone are not unique (a model loaded from ``.keras`` has no scopes).
+    """
+    seen = set()
+    for layer in model.layers:
+        for v in layer.weights:
+            if id(v) not in seen:
+                seen.add(id(v))
+                yield f"{layer.name}/{v.name.split('/')[-1].split(':')[0]}", v
+
+
+def _classify(model) -> Tuple[Dict[int, tuple], Dict[int, object], list]:
+    """``(kernels by id -> (quantizer, vars), weight log_q by id -> kernel, initialised flags)``."""
+    kernels, log_qs, flags = {}, {}, []
+    for _, quantizer, variables in quantizers(model):
+        flags.append(variables["initialized"])
+        if quantizer.kind != "weight":
+            continue
+        wrapper = next(l for l in model.layers if any(qz is quantizer for _, qz, _ in getattr(l, "_weight_vars", [])))
+        kernel = next(w for w, qz, _ in wrapper._weight_vars if qz is quantizer)
+        kernels[id(kernel)] = (quantizer, variables)
+        log_qs[id(variables["log_q"])] = kernel
+    return kernels, log_qs, flags
+
+
+def _stored(name: str, v, log_qs) -> bool:
+    return id(v) not in log_qs and not name.endswith(_TRAINING_ONLY)
+
+
+def coded_tensors(model) -> Dict[str, object]:
+    """Name -> `QuantizedTensor` (kernels) or float32 array (everything else inference needs)."""
+    kernels, log_qs, _ = _classify(model)
+    out: Dict[str, object] = {}
+    for name, v in _named_variables(model):
+        if not _stored(name, v, log_qs):
+            continue
+        if id(v) in kernels:
+            quantizer, variables = kernels[id(v)]
+            q = np.float32(quantizer.step_and_softness(variables)[0].numpy())
+            idx = np.clip(np.round(v.numpy() / q), quantizer.lo, quantizer.hi).astype(np.int32)
+            out[name] = QuantizedTensor(idx, quantizer.lo, quantizer.hi, float(q))
+        else:
+            out[name] = v.numpy().astype(np.float32)
+    return out
+
+
+def _log_of(q: np.float32) -> np.float32:
+    """A float32 ``l`` with ``exp(l) == q`` in float32 where one exists (else the nearest)."""
+    base = np.float32(math.log(float(q)))
+    candidates = [base]
+    up = down = base
+    for _ in range(4):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        candidates += [up, down]
+    values = tf.exp(tf.constant(candidates, tf.float32)).numpy()
+    return candidates[int(np.argmin(np.abs(values.astype(np.float64) - float(q))))]
+
+
+def apply_coded(model, tensors: Mapping[str, object]) -> None:
+    """Set ``model``'s inference weights from decoded tensors (same architecture as at export)."""
+    kernels, log_qs, flags = _classify(model)
+    expected = {name: v for name, v in _named_variables(model) if _stored(name, v, log_qs)}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(f"coded weights do not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, v in expected.items():
+        t = tensors[name]
+        if id(v) in kernels:
+            if not isinstance(t, QuantizedTensor):
+                raise ValueError(f"{name}: expected quantized indices, got a float tensor")
+            quantizer, variables = kernels[id(v)]
+            if (t.lo, t.hi) != (quantizer.lo, quantizer.hi) or tuple(t.shape) != tuple(v.shape):
+                raise ValueError(f"{name}: alphabet [{t.lo}, {t.hi}] shape {t.shape} does not fit "
+                                 f"[{quantizer.lo}, {quantizer.hi}] {tuple(v.shape)}")
+            q = np.float32(t.q)
+            v.assign(t.indices.astype(np.float32) * q)
+            variables["log_q"].assign(_log_of(q))
+        else:
+            value = np.asarray(t, dtype=np.float32)
+            if value.shape != tuple(v.shape):
+                raise ValueError(f"{name}: shape {value.shape} does not fit {tuple(v.shape)}")
+            v.assign(value)
+    for flag in flags:
+        flag.assign(True)
+
+
+def entropy_bound_bits(tensors: Mapping[str, object]) -> float:
+    """``sum N H`` over the quantized tensors: the coded size an ideal coder reaches."""
+    return float(sum(t.indices.size * index_entropy_bits(t.indices)
+                     for t in tensors.values() if isinstance(t, QuantizedTensor)))

@@ -1,0 +1,143 @@
+"""Export a trained run: int8 TFLite on the CDL grid, float TFLite, entropy-coded weights.
+
+cdl-export --workdir=/tmp/lenet5 [--out=/tmp/lenet5/export --int8_io]
+
+Writes ``model.tflite`` (full integer), ``model_float.tflite``, ``weights.cdlz`` (ANS)
+and ``export.json`` with sizes, bits per weight, accuracy of the Keras ``Q_u`` model
+and of the TFLite model on the test set, and their top-1 agreement.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def _load_run(workdir: str):
+    import ml_collections
+    import tf_keras as keras
+
+    from cdl_tf.quantize import quantize_scope
+    from cdl_tf.training import validate_config
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.init_from = ""
+    validate_config(config)
+    if config.mode not in ("cdl", "rcdl", "ste"):
+        raise ValueError(f"run {workdir!r} is a {config.mode} run; only CDL runs export to the CDL grid")
+    with quantize_scope():
+        model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
+    return config, model
+
+
+def _arrays(dataset, limit: int = 0):
+    xs, ys = [], []
+    for x, y in dataset:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        if limit and len(xs) >= limit:
+            break
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8) -> Dict[str, Any]:
+    """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json``."""
+    from cdl_tf import coding
+    from cdl_tf import data as cdl_data
+    from cdl_tf.io import atomic_write_bytes, atomic_write_json
+    from tflite_export.coded import coded_tensors, entropy_bound_bits
+    from tflite_export.convert import TFLiteModel, to_tflite
+    from tflite_export.graph import InferenceGraph
+
+    config, model = _load_run(workdir)
+    info = cdl_data.dataset_info(config.dataset)
+    data_dir = config.data_dir or None
+    calib, _ = _arrays(cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=data_dir,
+                                            training=False, seed=config.seed), calibration_batches)
+    x_test, y_test = _arrays(cdl_data.make_dataset(config.dataset, "test", 500, data_dir=data_dir, training=False,
+                                                   subset=config.test_subset or None))
+    graph = InferenceGraph(model)
+    graph.calibrate([calib[i : i + config.batch_size] for i in range(0, len(calib), config.batch_size)])
+    int8 = to_tflite(graph, "int8", info.input_shape, int8_io=int8_io)
+    float_model = to_tflite(graph, "float", info.input_shape)
+    tensors = coded_tensors(model)
+    metadata = {"ranges": {k: list(v) for k, v in graph.ranges.items()}, "model": config.model,
+                "dataset": config.dataset}
+    coded = coding.encode_bytes(tensors, coder="ans", metadata=metadata)
+    huffman = coding.encode_bytes(tensors, coder="huffman", metadata=metadata)
+    os.makedirs(out, exist_ok=True)
+    atomic_write_bytes(os.path.join(out, "model.tflite"), int8)
+    atomic_write_bytes(os.path.join(out, "model_float.tflite"), float_model)
+    atomic_write_bytes(os.path.join(out, "weights.cdlz"), coded)
+
+    keras_pred = model.predict(x_test, batch_size=500, verbose=0).argmax(1)
+    tflite_pred = TFLiteModel(int8).predict(x_test, batch_size=500).argmax(1)
+    quantized = [t for t in tensors.values() if isinstance(t, coding.QuantizedTensor)]
+    n_weights = sum(t.indices.size for t in quantized)
+    float_values = sum(np.asarray(t).size for t in tensors.values() if not isinstance(t, coding.QuantizedTensor))
+    bound = entropy_bound_bits(tensors)
+    payload_bits = {
+        name: 8 * sum(coding.decode_bytes(blob).payload_bytes(n) for n, t in tensors.items()
+                      if isinstance(t, coding.QuantizedTensor))
+        for name, blob in (("ans", coded), ("huffman", huffman))
+    }
+    report = {
+        "workdir": os.path.abspath(workdir),
+        "quantized_weights": int(n_weights),
+        "float_values": int(float_values),
+        "bytes": {
+            "tflite_float": len(float_model), "tflite_int8": len(int8),
+            "cdlz_ans": len(coded), "cdlz_huffman": len(huffman),
+            "entropy_bound_quantized": bound / 8, "float32_weights": 4 * (n_weights + float_values),
+        },
+        "bits_per_weight": {
+            "entropy": bound / n_weights,
+            "ans_payload": payload_bits["ans"] / n_weights,
+            "huffman_payload": payload_bits["huffman"] / n_weights,
+            "cdlz_ans_total": 8 * len(coded) / n_weights,
+        },
+        "test_examples": int(len(y_test)),
+        "accuracy": {
+            "keras_q_u": float((keras_pred == y_test).mean()),
+            "tflite_int8": float((tflite_pred == y_test).mean()),
+            "top1_agreement": float((keras_pred == tflite_pred).mean()),
+        },
+        "int8_io": bool(int8_io),
+    }
+    atomic_write_json(os.path.join(out, "export.json"), report)
+    return report
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "Run directory written by cdl-train.")
+    flags.DEFINE_string("out", "", "Output directory (default: WORKDIR/export).")
+    flags.DEFINE_bool("int8_io", False, "int8 input and output tensors instead of float.")
+    flags.DEFINE_integer("calibration_batches", 8, "Training batches used to calibrate ranges.")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    del argv
+    report = export_workdir(FLAGS.workdir, FLAGS.out or os.path.join(FLAGS.workdir, "export"), FLAGS.int8_io,
+                            FLAGS.calibration_batches)
+    b, a = report["bytes"], report["accuracy"]
+    print(f"float TFLite {b['tflite_float']} B, int8 TFLite {b['tflite_int8']} B, "
+          f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
+          f"entropy bound {b['entropy_bound_quantized']:.0f} B")
+    print(f"accuracy Keras Q_u {a['keras_q_u']:.4f}, TFLite int8 {a['tflite_int8']:.4f}, "
+          f"agreement {a['top1_agreement']:.4f}")
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
