@@ -1,0 +1,120 @@
+"""Config validation, short real-data training in every mode, resume, metrics.json."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cdl_tf.training import ConfigError, evaluate_workdir, train_and_evaluate, validate_config
+from configs import lenet300_mnist, lenet5_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small(config_module, data_dir, **overrides):
+    c = config_module.get_config()
+    c.data_dir = str(data_dir)
+    c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 1024, 500, 1, 128, 0
+    c.bn_reestimate_steps = 2
+    for key, value in overrides.items():
+        target = c
+        *path, last = key.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return c
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"mode": "int4"}, "config.mode"),
+        ({"model": "vgg"}, "config.model"),
+        ({"dataset": "svhn"}, "config.dataset"),
+        ({"epochs": 0}, "config.epochs"),
+        ({"optimizer.name": "lamb"}, "config.optimizer.name"),
+        ({"optimizer.learning_rate": -1.0}, "config.optimizer.learning_rate"),
+        ({"cdl.weight_bits": 12}, "weight_bits"),
+        ({"cdl.lambda_a": -0.1}, "lambda_a"),
+        ({"init_from": "/nonexistent"}, "config.init_from"),
+        ({"strategy": "horovod"}, "config.strategy"),
+    ],
+)
+def test_config_validation_names_the_field(data_dir, override, field):
+    c = small(lenet5_mnist, data_dir, **override)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config(c)
+
+
+def test_unknown_cdl_field_and_cdl_mode_are_rejected(data_dir):
+    c = small(lenet5_mnist, data_dir)
+    c.unlock()
+    c.cdl.weight_bitz = 3
+    with pytest.raises(ConfigError, match="weight_bitz"):
+        validate_config(c)
+    c = small(lenet5_mnist, data_dir)
+    c.cdl.mode = "rcdl"
+    with pytest.raises(ConfigError, match="config.mode"):
+        validate_config(c)
+
+
+@pytest.mark.parametrize("mode", ["float", "cdl", "rcdl", "ste", "tfmot8"])
+def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
+    c = small(lenet300_mnist, data_dir, mode=mode)
+    metrics = train_and_evaluate(c, str(tmp_path))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert saved["mode"] == mode and saved["epochs"] == 1
+    assert 0.5 < saved["test_accuracy"] <= 1.0  # 1024 MNIST examples, one epoch: far above chance
+    assert saved["test_error"] == pytest.approx(1 - saved["test_accuracy"])
+    assert saved["params"] > 266_000 and saved["train_time_s"] > 0
+    assert (tmp_path / "model.keras").is_file() and (tmp_path / "config.json").is_file()
+    if mode in ("cdl", "rcdl", "ste"):
+        assert 0 < saved["bits_per_weight"] <= 8 and 0 < saved["bits_per_activation"] <= 8
+        assert saved["quantized_weights"] == 784 * 300 + 300 * 100 + 100 * 10
+        names = [row["name"] for row in saved["layers"]]
+        assert "quant_dense/kernel" in names or any(n.endswith("/kernel") for n in names)
+        assert {"loss", "accuracy", "bits_per_weight", "val_accuracy"} <= set(saved["history"])
+        # Re-evaluating the saved run gives the same figures.
+        again = evaluate_workdir(str(tmp_path))
+        assert again["test_accuracy"] == pytest.approx(saved["test_accuracy"])
+        assert again["bits_per_weight"] == pytest.approx(saved["bits_per_weight"])
+    else:
+        assert "bits_per_weight" not in saved
+
+
+def test_batchnorm_model_trains_and_reestimates(tmp_path, data_dir):
+    c = small(lenet5_mnist, data_dir, model="resnet20", dataset="cifar10", mode="rcdl", train_subset=256,
+              test_subset=128, batch_size=64)
+    c.cdl.activation_window = 3
+    metrics = train_and_evaluate(c, str(tmp_path))
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["bits_per_weight"] > 0
+
+
+def test_killed_run_resumes_from_its_backup(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    args = [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--config={ROOT}/configs/lenet300_mnist.py",
+            f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.train_subset=2048",
+            "--config.test_subset=256", "--config.epochs=4", "--config.verbose=2"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Kill it hard once the first epoch's backup exists.
+    deadline = time.time() + 240
+    backup = workdir / "backup"
+    while time.time() < deadline and not (backup.exists() and any(backup.rglob("*.index"))):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    assert backup.exists(), "no backup was written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "metrics.json").exists()
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    # The restarted run trained only the epochs that were not yet done.
+    assert 1 <= len(metrics["history"]["loss"]) < 4
+    assert metrics["test_accuracy"] > 0.5
+    assert not list(backup.rglob("*.index"))  # the backup is deleted once training finished
