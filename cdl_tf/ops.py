@@ -152,8 +152,7 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
         g_q = g_out * tf.reduce_sum(p * levels, axis=-1) + tf.reduce_sum(w_c * (2.0 * a * levels * d), axis=-1)
         return g_theta, _sum_to_shape(g_q, tf.shape(q)), _sum_to_shape(g_alpha, tf.shape(alpha))
 
-    return (tf.function(forward, jit_compile=True, reduce_retracing=True),
-            tf.function(backward, jit_compile=True, reduce_retracing=True))
+    return tf.function(forward, jit_compile=True), tf.function(backward, jit_compile=True)
 
 
 def _forward(theta, q, alpha, seed, lo: int, hi: int, window: Optional[int], value: str):

@@ -1,0 +1,151 @@
+"""Export: int8 TFLite weights are the CDL indices, coded weights decode to the same model."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import cdl_tf
+from cdl_tf import coding
+from cdl_tf.training import train_and_evaluate
+from configs import lenet5_mnist
+from tflite_export.coded import apply_coded, coded_tensors
+from tflite_export.convert import TFLiteModel, to_tflite
+from tflite_export.decode import decode_model, decode_to_dir
+from tflite_export.export import export_workdir
+from tflite_export.graph import InferenceGraph
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data_dir):
+    """A LeNet-5 trained briefly with CDL on MNIST, exported."""
+    workdir = tmp_path_factory.mktemp("lenet5")
+    c = lenet5_mnist.get_config()
+    c.data_dir = str(data_dir)
+    c.train_subset, c.test_subset, c.epochs, c.verbose = 3000, 1000, 1, 0
+    c.cdl.lambda_w = 0.05
+    train_and_evaluate(c, str(workdir))
+    report = export_workdir(str(workdir), str(workdir / "export"))
+    return workdir, report
+
+
+def _tflite_weight(tm: TFLiteModel, layer: str) -> dict:
+    found = [t for t in tm.int8_tensors() if f"{layer}_kernel_fq" in t["name"]]
+    assert len(found) == 1, [t["name"] for t in tm.int8_tensors()]
+    return found[0]
+
+
+def test_int8_weights_are_the_cdl_indices(exported):
+    workdir, _ = exported
+    with cdl_tf.quantize_scope():
+        model = keras.models.load_model(str(workdir / "model.keras"))
+    tm = TFLiteModel((workdir / "export" / "model.tflite").read_bytes())
+    indices = cdl_tf.hard_indices(model)
+    assert len(indices) == 4
+    for name, idx in indices.items():
+        layer = name.split("/")[0]
+        t = _tflite_weight(tm, layer)
+        # TFLite keeps conv filters as OHWI and fully connected weights as [out, in].
+        expected = np.transpose(idx, (3, 0, 1, 2)) if idx.ndim == 4 else idx.T
+        np.testing.assert_array_equal(t["value"], expected, err_msg=name)
+        q = float(tf.exp(model.get_layer(layer)._weight_vars[0][2]["log_q"]))
+        np.testing.assert_allclose(t["quantization_parameters"]["scales"], q, rtol=1e-6)
+
+
+def test_tflite_agrees_with_keras_hard_model(exported):
+    _, report = exported
+    acc = report["accuracy"]
+    # 1000 test images; a one-epoch model has small margins, so a few ties may flip.
+    assert acc["top1_agreement"] >= 0.99, acc
+    assert abs(acc["tflite_int8"] - acc["keras_q_u"]) <= 0.01
+    assert acc["keras_q_u"] > 0.7  # one epoch on 3000 images; chance is 0.1
+
+
+def test_export_report_sizes(exported):
+    workdir, report = exported
+    saved = json.loads((workdir / "export" / "export.json").read_text())
+    assert saved == report
+    b, bits = report["bytes"], report["bits_per_weight"]
+    assert report["quantized_weights"] == 430_500
+    assert b["cdlz_ans"] == (workdir / "export" / "weights.cdlz").stat().st_size
+    assert b["tflite_int8"] < b["tflite_float"] / 3
+    assert b["cdlz_ans"] < b["tflite_int8"]
+    # ANS payloads reach the entropy within 1% (+ 32 bits per tensor of coder state).
+    assert bits["ans_payload"] <= 1.01 * bits["entropy"] + 4 * 32 / report["quantized_weights"]
+    assert bits["huffman_payload"] >= bits["ans_payload"]
+
+
+def test_decoded_model_is_the_exported_model(exported, data_dir):
+    workdir, _ = exported
+    out = workdir / "decoded"
+    decode_to_dir(str(workdir / "export" / "weights.cdlz"), str(workdir), str(out))
+    assert (out / "model.tflite").read_bytes() == (workdir / "export" / "model.tflite").read_bytes()
+    with cdl_tf.quantize_scope():
+        original = keras.models.load_model(str(workdir / "model.keras"))
+        decoded = keras.models.load_model(str(out / "model.keras"))
+    x = np.random.RandomState(0).rand(64, 28, 28, 1).astype("float32")
+    np.testing.assert_array_equal(decoded.predict(x, verbose=0), original.predict(x, verbose=0))
+
+
+def test_corrupted_coded_weights_are_refused(exported, tmp_path):
+    workdir, _ = exported
+    data = bytearray((workdir / "export" / "weights.cdlz").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    bad = tmp_path / "bad.cdlz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(coding.FormatError):
+        decode_model(str(bad), str(workdir))
+
+
+def _bn_model():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((10, 10, 2))
+    x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    y = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv2")(x)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    x = keras.layers.ReLU(name="relu2")(keras.layers.Add(name="add")([x, y]))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(x))
+    qm = cdl_tf.quantize_model(model, cdl_tf.CDLConfig())
+    rng = np.random.RandomState(0)
+    for bn in ("bn1", "bn2"):
+        layer = qm.get_layer(bn)
+        gamma = rng.uniform(0.5, 1.5, 6) * np.where(np.arange(6) % 3 == 0, -1, 1)  # some negative
+        layer.gamma.assign(gamma)
+        layer.beta.assign(rng.randn(6) * 0.1)
+        layer.moving_mean.assign(rng.randn(6) * 0.1)
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, 6))
+    return qm, (np.random.RandomState(1).randint(0, 256, (64, 10, 10, 2)) / 255.0).astype("float32")
+
+
+def test_folded_batchnorm_gives_per_channel_scales_with_exact_indices():
+    qm, x = _bn_model()
+    qm(x, training=True)  # initialise steps
+    graph = InferenceGraph(qm)
+    assert graph.folded == {"bn1": "quant_conv1", "bn2": "quant_conv2"}
+    # The float reference graph (folded weights, rounding on the CDL grids) is the Keras Q_u model.
+    np.testing.assert_allclose(tf.function(graph.function("reference"))(x), qm(x, training=False), atol=1e-5)
+    graph.calibrate([x])
+    tm = TFLiteModel(to_tflite(graph, "int8", (10, 10, 2)))
+    indices = cdl_tf.hard_indices(qm)
+    for conv in ("conv1", "conv2"):
+        w = graph.weights[f"quant_{conv}"]
+        t = _tflite_weight(tm, f"quant_{conv}")
+        expected = np.transpose(indices[f"quant_{conv}/kernel"], (3, 0, 1, 2)) * np.sign(w.channel_scale)[:, None, None, None]
+        np.testing.assert_array_equal(t["value"], expected)
+        np.testing.assert_allclose(t["quantization_parameters"]["scales"], np.abs(w.q * w.channel_scale), rtol=1e-6)
+
+
+def test_coded_tensors_round_trip_through_the_container():
+    qm, x = _bn_model()
+    qm(x, training=True)
+    tensors = coded_tensors(qm)
+    decoded = coding.decode_bytes(coding.encode_bytes(tensors))
+    fresh, _ = _bn_model()
+    apply_coded(fresh, decoded)
+    np.testing.assert_array_equal(fresh(x, training=False), qm(x, training=False))
+    with pytest.raises(ValueError, match="missing"):
+        apply_coded(fresh, {k: v for k, v in decoded.items() if not k.startswith("bn1")})
