@@ -9,8 +9,12 @@ target entropies, fixed seed) reports, per coder:
 * encode / decode throughput in M symbols/s (best of ``--repeats``), measured on
   the coder calls the container makes (frequency table + encode; decode + checks).
 
-Usage: ``python bench/coding.py [--out bench/results/coding.json] [--seed 0]``.
-:func:`measure_tensor` can be called on real model tensors.
+For exported models (``--export_dirs``, directories written by ``cdl-export``) it also
+reports each quantized tensor of ``weights.cdlz`` and the model totals, and the latency
+of the int8 TFLite model against the float one on the same input batch, as a ratio.
+
+Usage: ``python bench/coding.py [--out bench/results/coding.json] [--seed 0]
+[--export_dirs DIR1,DIR2]``.
 """
 from __future__ import annotations
 
@@ -110,11 +114,70 @@ def pmf_with_entropy(target_bits: float, lo: int, hi: int) -> np.ndarray:
     return _two_sided_geometric((a + b) / 2, lo, hi)
 
 
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def tflite_latency(export_dir: str, batch: int, repeats: int = 50) -> dict:
+    """Median invoke time of ``model.tflite`` (int8) and ``model_float.tflite`` on one input."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = {}
+    x = None
+    for kind, name in (("int8", "model.tflite"), ("float", "model_float.tflite")):
+        interp = Interpreter(model_path=os.path.join(export_dir, name), num_threads=1)
+        detail = interp.get_input_details()[0]
+        interp.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+        interp.allocate_tensors()
+        detail = interp.get_input_details()[0]
+        if x is None:
+            x = np.random.default_rng(0).random(detail["shape"]).astype(np.float32)
+        interp.set_tensor(detail["index"], x.astype(detail["dtype"]))
+        interp.invoke()
+        out[f"{kind}_s"] = _median_seconds(interp.invoke, repeats)
+    out["int8_vs_float"] = out["int8_s"] / out["float_s"]
+    return out
+
+
+def measure_export(export_dir: str, repeats: int) -> dict:
+    """Per-tensor and total coding figures of an exported model, and its TFLite latency."""
+    from cdl_tf.coding import QuantizedTensor, read
+
+    coded = read(os.path.join(export_dir, "weights.cdlz"))
+    tensors = {}
+    for name, t in coded.items():
+        if isinstance(t, QuantizedTensor) and t.indices.size:
+            tensors[name] = measure_tensor(t.indices.ravel(), t.lo, t.hi, repeats=repeats)
+    n = sum(r["n"] for r in tensors.values())
+    bound = sum(r["n"] * r["entropy_bits"] for r in tensors.values())
+    totals = {
+        "quantized_weights": n,
+        "entropy_bits_per_weight": bound / n,
+        "file_bytes": coded.total_bytes,
+        "header_bytes": coded.header_bytes,
+    }
+    for coder in ("ans", "huffman"):
+        bits = sum(r[coder]["bits_per_value"] * r["n"] for r in tensors.values())
+        totals[coder] = {"ratio": bits / bound, "bits_per_weight": bits / n}
+    return {
+        "export_dir": os.path.abspath(export_dir),
+        "tensors": tensors,
+        "totals": totals,
+        "tflite_latency": {f"batch_{b}": tflite_latency(export_dir, b) for b in (1, 64)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "coding.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--export_dirs", default="", help="Comma-separated cdl-export output directories.")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -139,19 +202,25 @@ def main() -> None:
                 f"{h['ratio']:>6.3f} {h['encode_msym_s']:>8.1f} {h['decode_msym_s']:>8.1f}"
             )
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(
-            {
-                "seed": args.seed,
-                "alphabet": list(ALPHABET),
-                "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": os.cpu_count()},
-                "results": rows,
-            },
-            f,
-            indent=1,
-        )
-        f.write("\n")
+    models = []
+    for export_dir in filter(None, args.export_dirs.split(",")):
+        m = measure_export(export_dir, args.repeats)
+        models.append(m)
+        t, lat = m["totals"], m["tflite_latency"]
+        print(f"{export_dir}: {t['quantized_weights']} weights, H {t['entropy_bits_per_weight']:.3f} b/w, "
+              f"ANS ratio {t['ans']['ratio']:.4f}, Huffman ratio {t['huffman']['ratio']:.3f}, "
+              f"file {t['file_bytes']} B (header {t['header_bytes']} B), TFLite int8/float latency "
+              f"{lat['batch_1']['int8_vs_float']:.2f} (batch 1), {lat['batch_64']['int8_vs_float']:.2f} (batch 64)")
+
+    from cdl_tf.io import atomic_write_json
+
+    atomic_write_json(args.out, {
+        "seed": args.seed,
+        "alphabet": list(ALPHABET),
+        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "results": rows,
+        "models": models,
+    })
     print(f"wrote {args.out}")
 
 
