@@ -34,6 +34,8 @@ class CDLConfig:
         (``None``: the whole alphabet).
       weight_alphabet: ``symmetric`` ``{-(2^(b-1)-1) .. 2^(b-1)-1}`` or ``full``
         ``{-2^(b-1) .. 2^(b-1)-1}``.
+      quantize_biases: also quantize (and rate-constrain) the biases of quantized layers,
+        with ``bias_bits`` bits, as weights.
       quantize_activations: also quantize activations (after ReLU/ReLU6: unsigned alphabet;
         other outputs that reach no further quantization site: signed).
       init_kappa: initial hardness ``kappa = alpha q^2`` of every quantizer.
@@ -55,6 +57,8 @@ class CDLConfig:
     weight_window: Optional[int] = 5
     activation_window: Optional[int] = 5
     weight_alphabet: str = "symmetric"
+    quantize_biases: bool = False
+    bias_bits: int = 8
     quantize_activations: bool = True
     init_kappa: float = 4.0
     softness_param: str = "kappa"
@@ -66,7 +70,7 @@ class CDLConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for field in ("weight_bits", "activation_bits", "first_layer_bits", "last_layer_bits"):
+        for field in ("weight_bits", "activation_bits", "first_layer_bits", "last_layer_bits", "bias_bits"):
             _check_bits(field, getattr(self, field))
         if self.weight_bits is None or self.activation_bits is None:
             raise ValueError("CDLConfig.weight_bits and activation_bits must be set")

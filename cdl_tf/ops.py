@@ -120,7 +120,7 @@ def _counts_from_cpmf(p, levels, lo: int, hi: int) -> tf.Tensor:
     size = hi - lo + 1
     if p.shape[-1] == size:
         return tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
-    ids = tf.reshape(tf.cast(levels, tf.int32) - lo, [-1])
+    ids = tf.clip_by_value(tf.reshape(tf.cast(levels, tf.int32) - lo, [-1]), 0, size - 1)  # NaN-safe
     return tf.math.bincount(ids, weights=tf.reshape(p, [-1]), minlength=size, maxlength=size, dtype=p.dtype)
 
 

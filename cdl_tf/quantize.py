@@ -47,31 +47,25 @@ _RELU_NAMES = ("relu", "relu6")
 
 
 class CDLQuantizeConfig(_tfq.QuantizeConfig):
-    """Kernel quantizer and/or output quantizer of one layer."""
+    """Weight quantizers (``{attribute: quantizer}``, e.g. kernel and bias) and/or an output quantizer."""
 
     def __init__(
         self,
-        weight_attr: Optional[str] = None,
-        weight_quantizer: Optional[CDLWeightQuantizer] = None,
+        weights: Optional[Dict[str, CDLWeightQuantizer]] = None,
         output_quantizer: Optional[CDLActivationQuantizer] = None,
     ):
-        if (weight_attr is None) != (weight_quantizer is None):
-            raise ValueError("weight_attr and weight_quantizer go together")
-        self.weight_attr = weight_attr
-        self.weight_quantizer = weight_quantizer
+        self.weights = dict(weights or {})
         self.output_quantizer = output_quantizer
 
     def get_weights_and_quantizers(self, layer):
-        if self.weight_quantizer is None:
-            return []
-        return [(getattr(layer, self.weight_attr), self.weight_quantizer)]
+        return [(getattr(layer, attr), quantizer) for attr, quantizer in self.weights.items()]
 
     def get_activations_and_quantizers(self, layer):
         return []
 
     def set_quantize_weights(self, layer, quantize_weights):
-        if self.weight_quantizer is not None:
-            setattr(layer, self.weight_attr, quantize_weights[0])
+        for attr, value in zip(self.weights, quantize_weights):
+            setattr(layer, attr, value)
 
     def set_quantize_activations(self, layer, quantize_activations):
         pass
@@ -82,8 +76,7 @@ class CDLQuantizeConfig(_tfq.QuantizeConfig):
     def get_config(self):
         ser = keras.utils.serialize_keras_object
         return {
-            "weight_attr": self.weight_attr,
-            "weight_quantizer": None if self.weight_quantizer is None else ser(self.weight_quantizer),
+            "weights": {attr: ser(q) for attr, q in self.weights.items()},
             "output_quantizer": None if self.output_quantizer is None else ser(self.output_quantizer),
         }
 
@@ -91,7 +84,7 @@ class CDLQuantizeConfig(_tfq.QuantizeConfig):
     def from_config(cls, config):
         objects = _custom_objects()
         de = lambda c: None if c is None else keras.utils.deserialize_keras_object(c, custom_objects=objects)
-        return cls(config["weight_attr"], de(config["weight_quantizer"]), de(config["output_quantizer"]))
+        return cls({attr: de(q) for attr, q in config["weights"].items()}, de(config["output_quantizer"]))
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -292,10 +285,12 @@ class _Planner:
     def _plan(self, outer) -> dict:
         c = self.config
         layer = _inner(outer)
-        plan = {"weight_attr": _weight_attr(layer), "weight_bits": None, "n_weights": 0, "site": None, "n_acts": 0}
-        if plan["weight_attr"]:
+        attr = _weight_attr(layer)
+        plan = {"weight_attrs": [], "weight_bits": None, "n_weights": 0, "site": None, "n_acts": 0}
+        if attr:
+            plan["weight_attrs"] = [attr] + (["bias"] if c.quantize_biases and layer.use_bias else [])
             plan["weight_bits"] = self.bits(layer)[0]
-            plan["n_weights"] = int(getattr(layer, plan["weight_attr"]).shape.num_elements())
+            plan["n_weights"] = sum(int(getattr(layer, a).shape.num_elements()) for a in plan["weight_attrs"])
         if c.quantize_activations:
             plan["site"] = self._site(outer)
             if plan["site"] is not None:
@@ -314,11 +309,12 @@ class _Planner:
     def quantize_config(self, layer) -> Optional[CDLQuantizeConfig]:
         plan = self.plans[layer.name]
         c = self.config
-        wq = oq = None
-        if plan["weight_attr"]:
-            lo, hi = c.weight_range(plan["weight_bits"])
-            wq = CDLWeightQuantizer(
-                plan["weight_bits"], lo, hi, window=c.weight_window, rate_weight=c.lambda_w,
+        weights, oq = {}, None
+        for attr in plan["weight_attrs"]:
+            bits = c.bias_bits if attr == "bias" else plan["weight_bits"]
+            lo, hi = c.weight_range(bits)
+            weights[attr] = CDLWeightQuantizer(
+                bits, lo, hi, window=c.weight_window, rate_weight=c.lambda_w,
                 rate_normalizer=self.n_weights, **self._quantizer_args(),
             )
         if plan["site"] is not None:
@@ -327,9 +323,9 @@ class _Planner:
                 plan["act_bits"], lo, hi, window=c.activation_window, rate_weight=c.lambda_a,
                 rate_normalizer=max(self.n_acts, 1), **self._quantizer_args(),
             )
-        if wq is None and oq is None:
+        if not weights and oq is None:
             return None
-        return CDLQuantizeConfig(plan["weight_attr"] if wq else None, wq, oq)
+        return CDLQuantizeConfig(weights, oq)
 
 
 # -- public API --------------------------------------------------------------------------

@@ -217,12 +217,23 @@ class CDLQuantizer(_Quantizer):
         return q, alpha
 
     def initial_step(self, x: tf.Tensor) -> tf.Tensor:
-        """``q_0 = 2 mean|x| / sqrt(2^(b-1))`` (LSQ's initialisation)."""
+        """``q_0 = 2 mean|x| / sqrt(2^(b-1))`` (LSQ's initialisation); 0.01 for an all-zero tensor."""
         mean_abs = tf.reduce_mean(tf.abs(tf.cast(x, tf.float32)))
-        return tf.maximum(2.0 * mean_abs / math.sqrt(2.0 ** (self.bits - 1)), 1e-8)
+        q0 = 2.0 * mean_abs / math.sqrt(2.0 ** (self.bits - 1))
+        return tf.where(q0 > 1e-8, q0, 0.01)
 
     def _maybe_initialize(self, x: tf.Tensor, weights) -> None:
-        """Set ``q`` from the first tensor seen (weights, or the first batch of activations)."""
+        """Set ``q`` from the first tensor seen (weights, or the first batch of activations).
+
+        In a replica context of a `tf.distribute` strategy the assignment would be a
+        cross-replica synchronisation inside `tf.cond`, which cannot be traced; there the
+        quantizer must have been initialised by a call in cross-replica context
+        (`cdl_tf.distribute.initialize_quantizers`).
+        """
+        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+            tf.debugging.Assert(weights["initialized"], [f"{self._name}: quantizer used under a tf.distribute "
+                                                         "strategy before cdl_tf.distribute.initialize_quantizers"])
+            return
 
         def init():
             q0 = self.initial_step(x)

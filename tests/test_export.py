@@ -149,3 +149,25 @@ def test_coded_tensors_round_trip_through_the_container():
     np.testing.assert_array_equal(fresh(x, training=False), qm(x, training=False))
     with pytest.raises(ValueError, match="missing"):
         apply_coded(fresh, {k: v for k, v in decoded.items() if not k.startswith("bn1")})
+
+
+def test_quantized_biases_export_as_indices():
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.Flatten(name="flat")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(x))
+    qm = cdl_tf.quantize_model(model, cdl_tf.CDLConfig(quantize_biases=True))
+    for layer in ("conv", "logits"):
+        bias = next(w for w, _, _ in qm.get_layer(f"quant_{layer}")._weight_vars if "bias" in w.name)
+        bias.assign(np.linspace(-0.3, 0.3, bias.shape[0]))
+    x = (np.random.RandomState(2).randint(0, 256, (32, 8, 8, 1)) / 255.0).astype("float32")
+    qm(x, training=True)
+    graph = InferenceGraph(qm)
+    np.testing.assert_allclose(tf.function(graph.function("reference"))(x), qm(x, training=False), atol=1e-5)
+    tensors = coded_tensors(qm)
+    assert isinstance(tensors["quant_conv/bias"], coding.QuantizedTensor)
+    assert isinstance(tensors["quant_logits/bias"], coding.QuantizedTensor)
+    graph.calibrate([x])
+    tm = TFLiteModel(to_tflite(graph, "int8", (8, 8, 1)))
+    assert (tm.predict(x).argmax(1) == qm.predict(x, verbose=0).argmax(1)).mean() >= 0.9

@@ -283,3 +283,22 @@ def test_config_from_dict_rejects_unknown_fields():
 def test_unknown_layer_names_in_config_are_rejected():
     with pytest.raises(ValueError, match="nope"):
         cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(skip_layers=("nope",)))
+
+
+def test_biases_can_be_quantized_and_rate_constrained():
+    x, y = random_data(96)
+    cfg = cdl_tf.CDLConfig(quantize_biases=True, bias_bits=6, lambda_w=0.01)
+    qm = compile_(cdl_tf.quantize_model(small_cnn(), cfg))
+    plan = {name: (q.bits, q.rate_normalizer) for name, q, _ in cdl_tf.quantizers(qm) if q.kind == "weight"}
+    assert plan["quant_conv2/bias"][0] == 6 and plan["quant_logits/bias"][0] == 6
+    assert "quant_conv1/bias" not in plan  # conv1 has no bias
+    n_weights = sum(v.shape.num_elements() for l in qm.layers for v, _, _ in getattr(l, "_weight_vars", []))
+    assert {n for _, n in plan.values()} == {n_weights}
+    qm.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    for name, quantizer, variables in cdl_tf.quantizers(qm):
+        if name.endswith("/bias"):
+            wrapper = qm.get_layer(name.split("/")[0])
+            bias = next(w for w, qz, _ in wrapper._weight_vars if qz is quantizer)
+            out = quantizer(bias, True, variables).numpy() / float(quantizer.step_and_softness(variables)[0])
+            np.testing.assert_allclose(out, np.round(out), atol=1e-4)
+    assert len(cdl_tf.hard_indices(qm)) == 9

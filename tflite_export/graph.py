@@ -123,6 +123,13 @@ class InferenceGraph:
                 return q, v
         return None
 
+    def _hard(self, layer, key: str) -> Tuple[np.ndarray, float, object]:
+        """``(indices, q, quantizer)`` of the quantized weight ``key`` (``layer/attribute``)."""
+        quantizer, variables = self._quantizers[key]
+        value = next(w for w, qz, _ in layer._weight_vars if qz is quantizer).numpy()
+        q = float(quantizer.step_and_softness(variables)[0])
+        return np.clip(np.round(value / np.float32(q)), quantizer.lo, quantizer.hi).astype(np.int32), q, quantizer
+
     def _prepare_weights(self) -> None:
         fold_of = {v: k for k, v in self.folded.items()}
         for name in self.order:
@@ -132,14 +139,15 @@ class InferenceGraph:
                     keras.layers.DepthwiseConv2D: "depthwise_kernel"}.get(type(inner))
             if attr is None:
                 continue
-            found = self._quantizer_of(name, "weight")
-            bias = inner.bias.numpy().astype(np.float64) if inner.use_bias else None
-            if found is None:
+            if f"{name}/{attr}" not in self._quantizers:
                 raise ExportError(f"layer {name!r} is not CDL-quantized; the int8 export needs every kernel quantized")
-            quantizer, variables = found
-            kernel = next(w for w, qz, _ in layer._weight_vars if qz is quantizer).numpy()
-            q = float(quantizer.step_and_softness(variables)[0])
-            indices = np.clip(np.round(kernel / np.float32(q)), quantizer.lo, quantizer.hi).astype(np.int32)
+            indices, q, quantizer = self._hard(layer, f"{name}/{attr}")
+            bias = None
+            if f"{name}/bias" in self._quantizers:
+                b_idx, b_q, _ = self._hard(layer, f"{name}/bias")
+                bias = b_idx.astype(np.float64) * b_q
+            elif inner.use_bias:
+                bias = inner.bias.numpy().astype(np.float64)
             scale = None
             if name in fold_of:
                 bn = self.layer(fold_of[name])
