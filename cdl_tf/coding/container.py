@@ -22,7 +22,6 @@ import copy
 import json
 import math
 import os
-import secrets
 import zlib
 from dataclasses import dataclass
 from collections.abc import Iterator, Mapping
@@ -34,6 +33,7 @@ from cdl_tf.coding import coders
 from cdl_tf.coding.errors import FormatError
 from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN, QuantizedTensor
 from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint
+from cdl_tf.io import atomic_write_bytes
 
 MAGIC = b"CDLZ"
 VERSION = 1
@@ -189,42 +189,10 @@ def write(
     float_dtype: FloatDtype = "float32",
     metadata: Mapping | None = None,
 ) -> int:
-    """Atomically write ``tensors`` to ``path``; returns the number of bytes written.
-
-    The bytes go to a temporary file in the target directory, which is flushed,
-    fsync'ed and then ``os.replace``'d onto ``path``; on any failure the temporary
-    file is removed and an existing ``path`` is left untouched.
-    """
+    """Atomically write ``tensors`` to ``path`` (`cdl_tf.io.atomic_write_bytes`); returns bytes written."""
     data = encode_bytes(tensors, coder=coder, float_dtype=float_dtype, metadata=metadata)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
+    atomic_write_bytes(path, data)
     return len(data)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode_metadata(metadata: Mapping | None) -> bytes:
