@@ -1,0 +1,137 @@
+"""Benchmark harness on a tiny sweep: one row per method, derived fields, plots, resume, PTQ coded size."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cdl_tf import benchmark, coding
+from cdl_tf.plots import PLOTS, plot_results
+from configs import lenet300_mnist
+from tflite_export.convert import TFLiteModel
+
+SWEEP = benchmark.Sweep(bits=(4,), lambda_w=(0.05,), lambda_a=(0.005,))
+
+
+def tiny_config():
+    c = lenet300_mnist.get_config()
+    c.data_dir = ""  # $CDL_DATA_DIR
+    c.train_subset, c.test_subset, c.epochs, c.verbose = 1024, 500, 1, 0
+    c.bn_reestimate_steps, c.rate_warmup_epochs = 2, 0
+    return c
+
+
+def _mtimes(outdir):
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(outdir) for f in files
+            if f in ("metrics.json", "model.keras", "export.json", "weights.cdlz", "model.tflite")}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, data_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDL_DATA_DIR", str(data_dir))
+        outdir = str(tmp_path_factory.mktemp("bench"))
+        first = benchmark.run_benchmark(tiny_config(), SWEEP, outdir)
+        mtimes = _mtimes(outdir)
+        second = benchmark.run_benchmark(tiny_config(), SWEEP, outdir)
+        yield outdir, first, second, mtimes
+
+
+def test_one_row_per_method(bench):
+    outdir, results, _, _ = bench
+    assert [r["method"] for r in results["rows"]] == list(benchmark.METHODS)
+    assert [r["point"] for r in results["rows"]] == [
+        "float", "tfmot8", "ptq8", "ste_w4a4", "cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005"]
+    with open(os.path.join(outdir, "results.json")) as f:
+        assert json.load(f)["rows"] == results["rows"]
+    md = open(os.path.join(outdir, "results.md")).read()
+    assert md.count("\n| ") == 2 + len(results["rows"]) + 2  # 2 headers, rows, 2 published points
+
+
+def test_derived_fields(bench):
+    _, results, _, _ = bench
+    reference = 4 * (784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    assert results["float32_bytes"] == reference
+    for r in results["rows"]:
+        assert r["compression_ratio"] == pytest.approx(reference / r["coded_bytes"])
+        assert r["error"] == pytest.approx(1 - r["accuracy"])
+        assert r["coded_kb"] == pytest.approx(r["coded_bytes"] / 1000)
+        assert 0.3 < r["accuracy"] <= 1
+        if r["method"] == "float":
+            assert r["coded_bytes"] == reference and r["bits_per_weight"] == 32
+            continue
+        assert r["coded_bytes"] == os.path.getsize(os.path.join(r["workdir"], "export", "weights.cdlz"))
+        assert r["coded_bytes"] < reference / 3
+        assert 0 < r["bits_per_weight"] < r["bits_per_weight_total"] < 8.5
+    cdl = next(r for r in results["rows"] if r["method"] == "cdl")
+    assert (cdl["lambda_w"], cdl["weight_bits"], cdl["activation_bits_kind"]) == (0.05, 4, "entropy")
+    assert (cdl["first_layer_bits"], cdl["last_layer_bits"]) == (8, 8)
+
+
+def test_plots_written_and_redrawn(bench, tmp_path):
+    outdir, results, _, _ = bench
+    assert results["plots"] == list(PLOTS)
+    for name in PLOTS:
+        with open(os.path.join(outdir, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(outdir, "results.json")) as f:
+        assert plot_results(json.load(f), str(tmp_path)) == list(PLOTS)
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in PLOTS)
+
+
+def test_second_run_does_not_retrain(bench):
+    outdir, first, second, mtimes = bench
+    assert len(mtimes) >= 6 * 2
+    assert _mtimes(outdir) == mtimes
+    assert second["rows"] == first["rows"]
+
+
+def test_changed_config_is_refused(bench, data_dir, monkeypatch):
+    outdir, _, _, _ = bench
+    monkeypatch.setenv("CDL_DATA_DIR", str(data_dir))
+    c = tiny_config()
+    c.epochs = 2
+    with pytest.raises(benchmark.BenchmarkError, match=r"float holds a run with another config \(fields \['epochs'\]"):
+        benchmark.run_point(c, benchmark.Point("float"), outdir)
+
+
+def test_ptq_int8_weights_are_coded(bench):
+    _, results, _, _ = bench
+    ptq = next(r for r in results["rows"] if r["method"] == "ptq8")
+    export = os.path.join(ptq["workdir"], "export")
+    tflite = TFLiteModel(open(os.path.join(export, "model.tflite"), "rb").read())
+    int8 = {t["name"]: t for t in tflite.int8_tensors()}
+    coded = coding.read(os.path.join(export, "weights.cdlz"))
+    quantized = {n: coded[n] for n in coded if isinstance(coded[n], coding.QuantizedTensor)}
+    assert sum(t.indices.size for t in quantized.values()) == 784 * 300 + 300 * 100 + 100 * 10
+    for name, t in quantized.items():
+        value, q = int8[name]["value"], int8[name]["quantization_parameters"]
+        if t.scales is None:
+            np.testing.assert_array_equal(t.indices, value)
+            assert t.q == pytest.approx(q["scales"][0])
+        else:
+            np.testing.assert_array_equal(t.indices, np.moveaxis(value, q["quantized_dimension"], -1))
+            np.testing.assert_allclose(t.scales, q["scales"], rtol=1e-6)
+    biases = [np.asarray(coded[n]) for n in coded if n not in quantized]
+    assert sorted(b.size for b in biases) == [10, 100, 300]
+    with open(os.path.join(export, "export.json")) as f:
+        report = json.load(f)
+    assert ptq["coded_bytes"] == report["bytes"]["cdlz_ans"] < report["bytes"]["tflite_int8"]
+    assert report["bits_per_weight"]["ans_payload"] <= 1.01 * report["bits_per_weight"]["entropy"] + 0.01
+
+
+def test_quick_config_keeps_command_line_overrides():
+    c = benchmark.quick_config(lenet300_mnist.get_config(), {"epochs": 1, "optimizer.learning_rate": 0.01})
+    assert (c.train_subset, c.test_subset, c.epochs, c.optimizer.learning_rate) == (8192, 2000, 1, 0.01)
+    assert benchmark.quick_config(lenet300_mnist.get_config()).epochs == 2
+
+
+def test_sweep_points_and_errors():
+    names = [p.name for p in benchmark.Sweep(bits=(2, 4), lambda_w=(0.01, 0.1), activation_bits=8).points()]
+    assert names[:3] == ["float", "tfmot8", "ptq8"] and len(names) == 3 + 2 * (1 + 2 * 2)
+    assert "cdl_w2a8_lw0.1_la0.005" in names and "ste_w4a8" in names
+    with pytest.raises(benchmark.BenchmarkError, match="add 'float'"):
+        benchmark.Sweep(methods=("ptq8", "cdl"))
+    with pytest.raises(benchmark.BenchmarkError, match="unknown methods"):
+        benchmark.Sweep(methods=("int4",))

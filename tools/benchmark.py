@@ -1,0 +1,56 @@
+"""Compression benchmark: CDL/R-CDL sweeps against float, TF-MOT 8-bit QAT, post-training int8
+and uniform QAT, with results.json, results.md and plots in --outdir.
+
+cdl-bench --config=configs/lenet5_mnist.py --outdir=/tmp/bench --bits=2,4 --lambda_w=0.01,0.05 --config.epochs=8
+cdl-bench --quick --outdir=/tmp/bench_quick     # LeNet-300-100, 8192 images, 2 epochs, 2 lambdas
+"""
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import configs
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(configs.__file__), "lenet300_mnist.py"),
+                                "Base experiment config (configs/*.py); every point overrides mode, bits, lambdas.",
+                                lock_config=True)
+flags.DEFINE_string("outdir", None, "Output directory: one run directory per point, results.json/.md, plots.")
+flags.DEFINE_bool("quick", False, "Reduced sweep: 8192 training images, 2 epochs, 4 bits, 2 lambda_w.")
+flags.DEFINE_list("bits", None, "Weight bit widths of the cdl/rcdl/ste points (default 2,4,8; quick: 4).")
+flags.DEFINE_list("lambda_w", None, "Weight rate weights of the cdl/rcdl points (default 0.005,0.02,0.05).")
+flags.DEFINE_list("lambda_a", None, "Activation rate weights of the cdl/rcdl points (default 0.005).")
+flags.DEFINE_integer("activation_bits", 0, "Activation bit width (0: that of the weights).")
+flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl (default: all).")
+flags.mark_flag_as_required("outdir")
+
+
+def main(argv):
+    del argv
+    import dataclasses
+
+    from cdl_tf import benchmark
+
+    sweep = benchmark.QUICK_SWEEP if FLAGS.quick else benchmark.Sweep()
+    given = {"bits": FLAGS.bits and tuple(int(b) for b in FLAGS.bits),
+             "lambda_w": FLAGS.lambda_w and tuple(float(v) for v in FLAGS.lambda_w),
+             "lambda_a": FLAGS.lambda_a and tuple(float(v) for v in FLAGS.lambda_a),
+             "methods": FLAGS.methods and tuple(FLAGS.methods)}
+    try:
+        sweep = dataclasses.replace(sweep, activation_bits=FLAGS.activation_bits,
+                                    **{k: v for k, v in given.items() if v})
+    except benchmark.BenchmarkError as e:
+        raise app.UsageError(str(e)) from e
+    config = FLAGS.config
+    if FLAGS.quick:
+        config = benchmark.quick_config(config, config_flags.get_override_values(FLAGS["config"]))
+    results = benchmark.run_benchmark(config, sweep, FLAGS.outdir)
+    print(benchmark.markdown(results))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

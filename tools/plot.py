@@ -1,0 +1,25 @@
+"""Redraw the benchmark plots from results.json: python tools/plot.py --results=/tmp/bench/results.json"""
+import json
+import os
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("results", None, "results.json written by cdl-bench.")
+flags.DEFINE_string("outdir", "", "Directory of the plots (default: that of --results).")
+flags.mark_flag_as_required("results")
+
+
+def main(argv):
+    del argv
+    from cdl_tf.plots import plot_results
+
+    with open(FLAGS.results) as f:
+        results = json.load(f)
+    outdir = FLAGS.outdir or os.path.dirname(os.path.abspath(FLAGS.results))
+    for name in plot_results(results, outdir):
+        print(os.path.join(outdir, name))
+
+
+if __name__ == "__main__":
+    app.run(main)
