@@ -29,8 +29,9 @@ import tensorflow_model_optimization as tfmot
 from cdl_tf.config import CDLConfig
 from cdl_tf.quantizers import CDLActivationQuantizer, CDLQuantizer, CDLWeightQuantizer
 
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
+
 _tfq = tfmot.quantization.keras
-QuantizeAnnotate = _tfq.quantize_annotate_layer(keras.layers.Dense(1)).__class__
 
 WEIGHTED_LAYERS = {
     keras.layers.Conv2D: "kernel",
