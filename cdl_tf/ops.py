@@ -115,12 +115,25 @@ def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
 
 
+def _on_tpu() -> bool:
+    """Whether ops are being traced for a `TPUStrategy`, whose steps XLA compiles whole.
+
+    `tf.math.bincount` sizes its output by ``max(ids) + 1``, which XLA cannot evaluate at
+    compile time when ``ids`` depend on variables; there counts are segment sums of static size.
+    """
+    return tf.distribute.has_strategy() and isinstance(
+        tf.distribute.get_strategy(), (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)
+    )
+
+
 def _counts_from_cpmf(p, levels, lo: int, hi: int) -> tf.Tensor:
     """Soft counts ``sum_n P(j | theta_n)`` per level (a weighted bincount, fast on CPU)."""
     size = hi - lo + 1
     if p.shape[-1] == size:
         return tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
     ids = tf.clip_by_value(tf.reshape(tf.cast(levels, tf.int32) - lo, [-1]), 0, size - 1)  # NaN-safe
+    if _on_tpu():
+        return tf.math.unsorted_segment_sum(tf.reshape(p, [-1]), ids, size)
     return tf.math.bincount(ids, weights=tf.reshape(p, [-1]), minlength=size, maxlength=size, dtype=p.dtype)
 
 
@@ -259,4 +272,6 @@ def hard_index_counts(theta, q, lo: int, hi: int) -> tf.Tensor:
     theta = tf.convert_to_tensor(theta)
     q = tf.cast(q, theta.dtype)
     idx = tf.cast(tf.clip_by_value(tf.round(theta / q), float(lo), float(hi)), tf.int32) - lo
+    if _on_tpu():
+        return tf.math.unsorted_segment_sum(tf.ones_like(theta), idx, hi - lo + 1)
     return tf.cast(tf.math.bincount(tf.reshape(idx, [-1]), minlength=hi - lo + 1, maxlength=hi - lo + 1), theta.dtype)

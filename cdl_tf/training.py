@@ -4,9 +4,15 @@ A run lives in a work directory:
 
     config.json        the validated config of the run
     backup/            `BackupAndRestore` state: a killed run restarts where it stopped
-    tensorboard/       loss, accuracy, rates overall and per tensor, q and alpha per tensor
+    tensorboard/       loss, accuracy, rates overall and per tensor, q and alpha per tensor,
+                       communication bits
     model.keras        the trained model (load inside `cdl_tf.quantize_scope()`)
-    metrics.json       test accuracy with hard quantization, rates, parameter counts, times
+    metrics.json       test accuracy with hard quantization, rates, communication bits,
+                       parameter counts, times
+    workers/<id>/      outputs of a non-chief worker of a multi-worker run (a copy of the chief's)
+
+`config.strategy` chooses the `tf.distribute` strategy (`cdl_tf.distribute`); batches
+are global batches, which Keras splits across the replicas.
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ from cdl_tf import models as cdl_models
 from cdl_tf.data.info import DATASETS
 from cdl_tf.batchnorm import reestimate_batchnorm
 from cdl_tf.callbacks import RateLogger, RateSchedule
+from cdl_tf.communication import activation_site, communication_report, write_summaries
 from cdl_tf.config import CDLConfig
+from cdl_tf.distribute import STRATEGIES, initialize_quantizers, make_strategy
 from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import quantize_model, quantize_scope
 from cdl_tf.report import rate_report
@@ -35,7 +43,6 @@ MODES = ("float", "cdl", "rcdl", "ste", "tfmot8")
 CDL_MODES = ("cdl", "rcdl", "ste")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
-STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
 
 class ConfigError(ValueError):
@@ -68,11 +75,18 @@ def validate_config(config) -> CDLConfig:
     _require(isinstance(o.warmup_epochs, int) and 0 <= o.warmup_epochs < c.epochs, "optimizer.warmup_epochs",
              f"must be an integer in [0, epochs), got {o.warmup_epochs!r}")
     _require(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}, got {c.strategy!r}")
+    split_at = c.get("split_at", "")  # absent from configs of older runs
+    _require(isinstance(split_at, str), "split_at", f"must be a layer name or '', got {split_at!r}")
+    _require(not split_at or (c.mode in CDL_MODES and c.cdl.quantize_activations), "split_at",
+             "needs a CDL mode (cdl, rcdl, ste) with quantized activations")
     _require("mode" not in c.cdl, "cdl.mode", "the training mode is config.mode")
     _require(not c.init_from or os.path.isfile(os.path.join(c.init_from, "model.keras")), "init_from",
              f"{c.init_from!r} holds no model.keras")
     try:
-        return CDLConfig.from_dict({**c.cdl.to_dict(), "mode": c.mode if c.mode in CDL_MODES else "cdl"})
+        fields = c.cdl.to_dict()
+        for key in ("first_layer_bits", "last_layer_bits"):  # 0: same bits as the other layers
+            fields[key] = fields.get(key) or None
+        return CDLConfig.from_dict({**fields, "mode": c.mode if c.mode in CDL_MODES else "cdl"})
     except ValueError as e:
         raise ConfigError(f"config.cdl: {e}") from e
 
@@ -110,11 +124,11 @@ def build_model(config, cdl_config: CDLConfig) -> keras.Model:
     return model
 
 
-def _datasets(config):
+def _datasets(config, drop_remainder: bool = False):
     data_dir = config.data_dir or None
     train = cdl_data.make_dataset(
         config.dataset, "train", config.batch_size, data_dir=data_dir, training=True, seed=config.seed,
-        subset=config.train_subset or None,
+        subset=config.train_subset or None, drop_remainder=drop_remainder,
     )
     test = cdl_data.make_dataset(
         config.dataset, "test", config.batch_size, data_dir=data_dir, training=False, seed=config.seed,
@@ -132,6 +146,21 @@ def _first_batch(dataset, n: int) -> np.ndarray:
     return np.concatenate(xs)[:n]
 
 
+def _check_split_at(model, config) -> None:
+    if config.split_at:
+        try:
+            activation_site(model, config.split_at)
+        except ValueError as e:
+            raise ConfigError(f"config.split_at: {e}") from e
+
+
+def _output_dir(workdir: str, strategy) -> str:
+    """``workdir`` for the chief (or a single process), ``workdir/workers/<id>`` for other workers."""
+    if strategy.extended.should_checkpoint:
+        return workdir
+    return os.path.join(workdir, "workers", str(strategy.cluster_resolver.task_id))
+
+
 def _save_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     atomic_write_json(path, json.loads(config.to_json()))
@@ -140,38 +169,48 @@ def _save_config(config, workdir: str) -> None:
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     """Train the run of ``config`` in ``workdir`` (resuming if it was interrupted); returns metrics."""
     cdl_config = validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    _save_config(config, workdir)
+    strategy = make_strategy(config.strategy)
+    outdir = _output_dir(workdir, strategy)
+    os.makedirs(outdir, exist_ok=True)
+    _save_config(config, outdir)
     keras.utils.set_random_seed(config.seed)
     start = time.time()
-    train, test = _datasets(config)
+    train, test = _datasets(config, drop_remainder=strategy.num_replicas_in_sync > 1)
     steps_per_epoch = int(train.cardinality())
-    model = build_model(config, cdl_config)
-    model.compile(
-        optimizer=_optimizer(config, steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    with strategy.scope():
+        model = build_model(config, cdl_config)
+        model.compile(
+            optimizer=_optimizer(config, steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    _check_split_at(model, config)
+    if config.strategy != "default":
+        initialize_quantizers(model, strategy, _first_batch(train, config.batch_size))
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        keras.callbacks.TensorBoard(os.path.join(outdir, "tensorboard")),
     ]
     if config.mode in CDL_MODES:
-        callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(workdir, "tensorboard"))]
+        callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(outdir, "tensorboard"))]
     history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
     if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise FloatingPointError("training stopped on a NaN loss; lower the learning rate or the lambdas")
     train_time = time.time() - start
-    if config.mode in CDL_MODES and config.bn_reestimate_steps:
-        reestimate_batchnorm(model, train, steps=config.bn_reestimate_steps)
-    model.save(os.path.join(workdir, "model.keras"))
-    metrics = evaluate(model, config, test)
+    with strategy.scope():
+        if config.mode in CDL_MODES and config.bn_reestimate_steps:
+            reestimate_batchnorm(model, train, steps=config.bn_reestimate_steps)
+        model.save(os.path.join(outdir, "model.keras"))
+        metrics = evaluate(model, config, test)
     metrics.update(
-        train_time_s=train_time, epochs=config.epochs,
+        train_time_s=train_time, epochs=config.epochs, strategy=config.strategy,
+        replicas=strategy.num_replicas_in_sync,
         history={k: [float(v) for v in vals] for k, vals in history.history.items()},
     )
-    atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    if "communication" in metrics:
+        write_summaries(os.path.join(outdir, "tensorboard"), metrics["communication"], config.epochs)
+    atomic_write_json(os.path.join(outdir, "metrics.json"), metrics)
     return metrics
 
 
@@ -185,7 +224,8 @@ def evaluate(model, config, test) -> Dict[str, Any]:
         "params": int(sum(w.shape.num_elements() for w in model.weights if w.dtype.is_floating and w.trainable)),
     }
     if config.mode in CDL_MODES:
-        report = rate_report(model, _first_batch(test, min(1000, config.batch_size * 8)))
+        x = _first_batch(test, min(1000, config.batch_size * 8))
+        report = rate_report(model, x)
         totals = report.totals
         metrics.update(
             bits_per_weight=totals["bits_per_weight"],
@@ -196,6 +236,7 @@ def evaluate(model, config, test) -> Dict[str, Any]:
             weight_bits_total=totals["weight_bits_total"],
             layers=[dataclasses.asdict(t) for t in report.tensors],
             cdl=dataclasses.asdict(validate_config(config)),
+            communication=communication_report(model, config.get("split_at", ""), x),
         )
     return metrics
 

@@ -44,5 +44,6 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.bn_reestimate_steps = 50  # batches used to re-estimate BatchNorm before evaluation
     c.strategy = "default"  # default | mirrored | multiworker | tpu
+    c.split_at = ""  # an activation site (layer name): report the coded bits of its activation per example
     c.verbose = 2
     return c
