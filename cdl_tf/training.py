@@ -252,9 +252,11 @@ def evaluate_workdir(workdir: str, data_dir: Optional[str] = None) -> Dict[str, 
         config = ml_collections.ConfigDict(json.load(f))
     if data_dir:
         config.data_dir = data_dir
-    validate_config(config)
-    with quantize_scope():
-        model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    config.init_from = ""
+    # The architecture comes from the config and only the weights from the file: TF-MOT's
+    # 8-bit models do not reload through `load_model`.
+    model = build_model(config, validate_config(config))
+    model.load_weights(os.path.join(workdir, "model.keras"))
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     _, test = _datasets(config)

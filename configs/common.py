@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cdl = ml_collections.ConfigDict()  # CDLConfig fields but `mode`
     c.cdl.weight_bits = 4
     c.cdl.activation_bits = 4
-    c.cdl.first_layer_bits = 8
+    c.cdl.first_layer_bits = 8  # 0: same as weight_bits / activation_bits
     c.cdl.last_layer_bits = 8
     c.cdl.weight_window = 5
     c.cdl.activation_window = 5
