@@ -425,7 +425,6 @@ def result_row(point: Point, workdir: str, reference_bytes: int) -> Dict[str, An
 
 def run_benchmark(config, sweep: Sweep, outdir: str) -> Dict[str, Any]:
     """Run (or resume) every point of ``sweep``; write ``results.json``, ``results.md`` and plots."""
-    from cdl_tf.io import atomic_write_bytes, atomic_write_json
     from cdl_tf.training import validate_config
 
     validate_config(config)
@@ -436,11 +435,18 @@ def run_benchmark(config, sweep: Sweep, outdir: str) -> Dict[str, Any]:
         rows.append(run_point(config, point, outdir, reference))
         print(f"[cdl-bench] {point.name}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['coded_kb']:.2f} KB",
               flush=True)
+    sweep_fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sweep).items()}
+    return _write_results(config, rows, reference, outdir, sweep=sweep_fields)
+
+
+def _write_results(config, rows: List[Dict[str, Any]], reference: int, outdir: str, **extra) -> Dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and the plots of ``rows``; returns the results."""
+    from cdl_tf.io import atomic_write_bytes, atomic_write_json
+
     results = {
         "model": config.model, "dataset": config.dataset, "epochs": config.epochs, "seed": config.seed,
         "train_subset": config.train_subset, "test_subset": config.test_subset,
-        "float32_bytes": reference, "kb_bytes": KB,
-        "sweep": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sweep).items()},
+        "float32_bytes": reference, "kb_bytes": KB, **extra,
         "config": json.loads(config.to_json()),
         "rows": rows,
         "published": published_points(config.model),
@@ -449,6 +455,48 @@ def run_benchmark(config, sweep: Sweep, outdir: str) -> Dict[str, Any]:
     atomic_write_json(os.path.join(outdir, "results.json"), results)
     atomic_write_bytes(os.path.join(outdir, "results.md"), markdown(results).encode())
     return results
+
+
+def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
+    """Results of finished ``cdl-train`` runs of one model, as a sweep's.
+
+    Each run is exported as its method requires (CDL runs through `export_workdir`,
+    tfmot8 runs converted and coded) unless it already was; a float run among them
+    also gives the post-training int8 point, written to ``outdir/ptq8``.
+    """
+    import ml_collections
+
+    from cdl_tf.training import validate_config
+
+    if not workdirs:
+        raise BenchmarkError("no run directories given")
+    os.makedirs(outdir, exist_ok=True)
+    rows, configs = [], []
+    for workdir in workdirs:
+        config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+        validate_config(config)
+        if configs and (config.model, config.dataset) != (configs[0].model, configs[0].dataset):
+            raise BenchmarkError(f"{workdir} is a {config.model}/{config.dataset} run; the others are "
+                                 f"{configs[0].model}/{configs[0].dataset}")
+        configs.append(config)
+        bits = {} if config.mode in ("float", "tfmot8") else {
+            "weight_bits": config.cdl.weight_bits, "activation_bits": config.cdl.activation_bits}
+        lambdas = {"lambda_w": config.cdl.lambda_w, "lambda_a": config.cdl.lambda_a} if config.mode in (
+            "cdl", "rcdl") else {}
+        point = Point(config.mode, **bits, **lambdas)
+        reference = float32_bytes(config)
+        if not _done(workdir):
+            {"float": lambda: _run_float(config, workdir, reference), "tfmot8": lambda: _run_tfmot8(config, workdir)
+             }.get(config.mode, lambda: _run_cdl(config, workdir))()
+        rows.append(result_row(point, workdir, reference))
+        if config.mode == "float":
+            ptq = os.path.join(outdir, "ptq8")
+            if not _done(ptq):
+                _run_ptq8(config, ptq, workdir)
+            rows.append(result_row(Point("ptq8"), ptq, reference))
+        print(f"[cdl-bench] {workdir}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['coded_kb']:.2f} KB", flush=True)
+    return _write_results(configs[0], rows, float32_bytes(configs[0]), outdir,
+                          runs=[os.path.abspath(w) for w in workdirs])
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:

@@ -135,3 +135,21 @@ def test_sweep_points_and_errors():
         benchmark.Sweep(methods=("ptq8", "cdl"))
     with pytest.raises(benchmark.BenchmarkError, match="unknown methods"):
         benchmark.Sweep(methods=("int4",))
+
+
+def test_finished_runs_tabulate_like_a_sweep(bench, tmp_path):
+    outdir, results, _, _ = bench
+    by_point = {r["point"]: r for r in results["rows"]}
+    runs = [os.path.join(outdir, p) for p in ("float", "tfmot8") + tuple(p for p in by_point if p.startswith("cdl"))]
+    mtimes = _mtimes(outdir)
+    table = benchmark.tabulate_runs(runs, str(tmp_path))
+    assert _mtimes(outdir) == mtimes  # finished runs are read, not retrained or re-exported
+    rows = {r["point"]: r for r in table["rows"]}
+    assert set(rows) == {os.path.basename(r) for r in runs} | {"ptq8"}
+    for name, row in rows.items():
+        if name != "ptq8":
+            assert row["accuracy"] == pytest.approx(by_point[name]["accuracy"])
+            assert row["coded_bytes"] == by_point[name]["coded_bytes"]
+    assert os.path.isfile(tmp_path / "results.md") and table["plots"]
+    with pytest.raises(benchmark.BenchmarkError, match="no run"):
+        benchmark.tabulate_runs([], str(tmp_path))

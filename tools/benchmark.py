@@ -22,6 +22,7 @@ flags.DEFINE_list("lambda_w", None, "Weight rate weights of the cdl/rcdl points 
 flags.DEFINE_list("lambda_a", None, "Activation rate weights of the cdl/rcdl points (default 0.005).")
 flags.DEFINE_integer("activation_bits", 0, "Activation bit width (0: that of the weights).")
 flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl (default: all).")
+flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cdl-train run directories.")
 flags.mark_flag_as_required("outdir")
 
 
@@ -31,6 +32,9 @@ def main(argv):
 
     from cdl_tf import benchmark
 
+    if FLAGS.runs:
+        print(benchmark.markdown(benchmark.tabulate_runs(FLAGS.runs, FLAGS.outdir)))
+        return
     sweep = benchmark.QUICK_SWEEP if FLAGS.quick else benchmark.Sweep()
     given = {"bits": FLAGS.bits and tuple(int(b) for b in FLAGS.bits),
              "lambda_w": FLAGS.lambda_w and tuple(float(v) for v in FLAGS.lambda_w),
