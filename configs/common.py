@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.cdl.weight_window = 5
     c.cdl.activation_window = 5
     c.cdl.weight_alphabet = "symmetric"
+    c.cdl.quantize_biases = False
+    c.cdl.bias_bits = 8
     c.cdl.quantize_activations = True
     c.cdl.init_kappa = 4.0
     c.cdl.softness_param = "kappa"
