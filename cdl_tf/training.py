@@ -86,7 +86,7 @@ def validate_config(config) -> CDLConfig:
         fields = c.cdl.to_dict()
         for key in ("first_layer_bits", "last_layer_bits"):  # 0: same bits as the other layers
             fields[key] = fields.get(key) or None
-        return CDLConfig.from_dict({**fields, "mode": c.mode if c.mode in CDL_MODES else "cdl"})
+        return CDLConfig.from_dict({**fields, "mode": c.mode if c.mode in CDL_MODES else "cdl", "seed": c.seed})
     except ValueError as e:
         raise ConfigError(f"config.cdl: {e}") from e
 

@@ -40,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.cdl.train_softness = True
     c.cdl.train_step = True
     c.cdl.step_grad_scale = True
+    c.cdl.skip_layers = ()  # names of layers kept in float
+    c.cdl.layer_bits = {}  # {layer name: (weight bits, activation bits)}
     c.cdl.lambda_w = 0.0
     c.cdl.lambda_a = 0.0
     c.rate_warmup_epochs = 0  # ramp lambda_w, lambda_a linearly over these epochs

@@ -49,6 +49,20 @@ def test_config_validation_names_the_field(data_dir, override, field):
         validate_config(c)
 
 
+def test_experiment_config_exposes_every_cdl_field(data_dir):
+    import dataclasses
+
+    from cdl_tf.config import CDLConfig
+
+    c = small(lenet5_mnist, data_dir)
+    fields = {f.name for f in dataclasses.fields(CDLConfig)}
+    assert fields - {"mode", "seed"} == set(c.cdl.keys())  # mode and seed are top-level fields
+    c.cdl.skip_layers = ("conv1",)
+    c.cdl.layer_bits = {"conv2": (3, 2)}
+    cdl = validate_config(c)
+    assert cdl.skip_layers == ("conv1",) and cdl.layer_bits == {"conv2": (3, 2)} and cdl.seed == c.seed
+
+
 def test_unknown_cdl_field_and_cdl_mode_are_rejected(data_dir):
     c = small(lenet5_mnist, data_dir)
     c.unlock()
