@@ -14,5 +14,5 @@ from cdl_tf.quantizers import CDLActivationQuantizer, CDLWeightQuantizer
 
 __version__ = "0.1.0"
 from cdl_tf.batchnorm import hard_quantization, reestimate_batchnorm
-from cdl_tf.callbacks import RateSchedule
+from cdl_tf.callbacks import RateSchedule, SoftnessSchedule
 from cdl_tf.report import RateReport, TensorRate, hard_indices, rate_report

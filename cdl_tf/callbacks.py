@@ -1,6 +1,7 @@
 """Keras callbacks for CDL training."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
@@ -32,6 +33,32 @@ class RateSchedule(keras.callbacks.Callback):
         m = float(self.multiplier(epoch))
         for _, quantizer, variables in quantizers(self.model):
             variables["rate_weight"].assign(quantizer.rate_weight * m)
+
+
+class SoftnessSchedule(keras.callbacks.Callback):
+    """Anneal every quantizer's hardness ``kappa = alpha q^2`` geometrically over training.
+
+    ``kappa_e = kappa_0 (kappa_1 / kappa_0)^(e / (E - 1))`` at epoch ``e`` of ``E``: soft
+    CPMFs early keep the rate gradient alive inside the bins, hard ones late train on what
+    inference sees. Use with ``train_softness=False`` and ``softness_param="kappa"``.
+    """
+
+    def __init__(self, kappa_start: float, kappa_end: float, epochs: int):
+        super().__init__()
+        if kappa_start <= 0 or kappa_end <= 0 or epochs < 1:
+            raise ValueError(f"need kappa_start, kappa_end > 0 and epochs >= 1; got {kappa_start}, {kappa_end}, {epochs}")
+        self.kappa_start, self.kappa_end, self.epochs = float(kappa_start), float(kappa_end), int(epochs)
+
+    def kappa(self, epoch: int) -> float:
+        t = min(epoch, self.epochs - 1) / max(self.epochs - 1, 1)
+        return self.kappa_start * (self.kappa_end / self.kappa_start) ** t
+
+    def on_epoch_begin(self, epoch, logs=None):
+        log_kappa = math.log(self.kappa(epoch))
+        for name, quantizer, variables in quantizers(self.model):
+            if quantizer.softness_param != "kappa" or quantizer.train_softness:
+                raise ValueError(f"{name}: SoftnessSchedule needs softness_param='kappa' and train_softness=False")
+            variables["log_softness"].assign(log_kappa)
 
 
 class RateLogger(keras.callbacks.Callback):

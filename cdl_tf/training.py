@@ -31,7 +31,7 @@ from cdl_tf import data as cdl_data
 from cdl_tf import models as cdl_models
 from cdl_tf.data.info import DATASETS
 from cdl_tf.batchnorm import reestimate_batchnorm
-from cdl_tf.callbacks import RateLogger, RateSchedule
+from cdl_tf.callbacks import RateLogger, RateSchedule, SoftnessSchedule
 from cdl_tf.communication import activation_site, communication_report, write_summaries
 from cdl_tf.config import CDLConfig
 from cdl_tf.distribute import STRATEGIES, initialize_quantizers, make_strategy
@@ -74,6 +74,10 @@ def validate_config(config) -> CDLConfig:
     _require(0 <= o.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {o.momentum!r}")
     _require(isinstance(o.warmup_epochs, int) and 0 <= o.warmup_epochs < c.epochs, "optimizer.warmup_epochs",
              f"must be an integer in [0, epochs), got {o.warmup_epochs!r}")
+    final_kappa = c.get("final_kappa", 0.0)  # absent from configs of older runs
+    _require(final_kappa >= 0, "final_kappa", f"must be >= 0, got {final_kappa!r}")
+    _require(not final_kappa or (not c.cdl.train_softness and c.cdl.softness_param == "kappa"), "final_kappa",
+             "annealing kappa needs cdl.train_softness=False and cdl.softness_param='kappa'")
     _require(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}, got {c.strategy!r}")
     split_at = c.get("split_at", "")  # absent from configs of older runs
     _require(isinstance(split_at, str), "split_at", f"must be a layer name or '', got {split_at!r}")
@@ -194,6 +198,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     ]
     if config.mode in CDL_MODES:
         callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(outdir, "tensorboard"))]
+        if config.get("final_kappa", 0.0):
+            callbacks.append(SoftnessSchedule(config.cdl.init_kappa, config.final_kappa, config.epochs))
     history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
     if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise FloatingPointError("training stopped on a NaN loss; lower the learning rate or the lambdas")

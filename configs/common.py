@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cdl.lambda_w = 0.0
     c.cdl.lambda_a = 0.0
     c.rate_warmup_epochs = 0  # ramp lambda_w, lambda_a linearly over these epochs
+    c.final_kappa = 0.0  # > 0: anneal kappa from cdl.init_kappa to this (needs cdl.train_softness=False)
 
     c.bn_reestimate_steps = 50  # batches used to re-estimate BatchNorm before evaluation
     c.strategy = "default"  # default | mirrored | multiworker | tpu

@@ -302,3 +302,21 @@ def test_biases_can_be_quantized_and_rate_constrained():
             out = quantizer(bias, True, variables).numpy() / float(quantizer.step_and_softness(variables)[0])
             np.testing.assert_allclose(out, np.round(out), atol=1e-4)
     assert len(cdl_tf.hard_indices(qm)) == 9
+
+
+def test_softness_schedule_anneals_kappa_geometrically():
+    x, y = random_data(64)
+    cfg = cdl_tf.CDLConfig(train_softness=False, init_kappa=2.0)
+    qm = compile_(cdl_tf.quantize_model(small_cnn(), cfg))
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([float(tf.exp(v["log_softness"])) for _, _, v in cdl_tf.quantizers(self.model)])
+
+    schedule = cdl_tf.SoftnessSchedule(2.0, 32.0, epochs=3)
+    qm.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[schedule, Probe()])
+    np.testing.assert_allclose(seen, [[2.0] * 10, [8.0] * 10, [32.0] * 10], rtol=1e-5)
+    trained = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig()))
+    with pytest.raises(ValueError, match="train_softness=False"):
+        trained.fit(x, y, epochs=1, verbose=0, callbacks=[cdl_tf.SoftnessSchedule(2.0, 8.0, 2)])
