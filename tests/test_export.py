@@ -84,8 +84,20 @@ def test_decoded_model_is_the_exported_model(exported, data_dir):
     with cdl_tf.quantize_scope():
         original = keras.models.load_model(str(workdir / "model.keras"))
         decoded = keras.models.load_model(str(out / "model.keras"))
-    x = np.random.RandomState(0).rand(64, 28, 28, 1).astype("float32")
-    np.testing.assert_array_equal(decoded.predict(x, verbose=0), original.predict(x, verbose=0))
+    # Every inference weight is exactly the exported one: indices, steps and float tensors.
+    want, got = coded_tensors(original), coded_tensors(decoded)
+    assert want.keys() == got.keys()
+    for name, t in want.items():
+        if isinstance(t, coding.QuantizedTensor):
+            np.testing.assert_array_equal(got[name].indices, t.indices, err_msg=name)
+            assert got[name].q == t.q, name
+        else:
+            np.testing.assert_array_equal(got[name], t, err_msg=name)
+    # Predictions then agree but for rounding ties that a different float summation order in
+    # the CPU kernels (which depends on the machine's load) can flip by one grid step.
+    x = np.random.RandomState(0).rand(256, 28, 28, 1).astype("float32")
+    a, b = decoded.predict(x, verbose=0), original.predict(x, verbose=0)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98
 
 
 def test_corrupted_coded_weights_are_refused(exported, tmp_path):
