@@ -79,13 +79,19 @@ def q_u(theta: tf.Tensor, q: tf.Tensor, lo: int, hi: int) -> tf.Tensor:
     return q * tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
 
 
+def _window_size(lo: int, hi: int, window: Optional[int]) -> int:
+    """Number of levels on which the CPMF is evaluated."""
+    size = hi - lo + 1
+    return size if window is None or window >= size else window
+
+
 def _levels(u: tf.Tensor, lo: int, hi: int, window: Optional[int]):
     """Levels on which the CPMF is evaluated (``[..., k]``) and the nearest level (``[...]``).
 
     ``u = theta / q``. The window is the ``k`` levels around the nearest, shifted inside ``A``.
     """
     size = hi - lo + 1
-    k = size if window is None or window >= size else window
+    k = _window_size(lo, hi, window)
     nearest = tf.clip_by_value(tf.round(u), float(lo), float(hi))
     if k == size:
         first = tf.fill(tf.shape(u), tf.constant(float(lo), u.dtype))
@@ -126,22 +132,31 @@ def _on_tpu() -> bool:
     )
 
 
-def _counts_from_cpmf(p, levels, lo: int, hi: int) -> tf.Tensor:
-    """Soft counts ``sum_n P(j | theta_n)`` per level (a weighted bincount, fast on CPU)."""
-    size = hi - lo + 1
-    if p.shape[-1] == size:
-        return tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
-    ids = tf.clip_by_value(tf.reshape(tf.cast(levels, tf.int32) - lo, [-1]), 0, size - 1)  # NaN-safe
+def _index_ids(levels: tf.Tensor, lo: int, hi: int) -> tf.Tensor:
+    """Alphabet positions ``levels - lo`` as int32, clipped so that a NaN input cannot index outside."""
+    return tf.clip_by_value(tf.cast(levels, tf.int32) - lo, 0, hi - lo)
+
+
+def _scatter_counts(p: tf.Tensor, ids: tf.Tensor, size: int) -> tf.Tensor:
+    """Soft counts ``sum_n P(j | theta_n)`` per level from windowed CPMFs and their level ids.
+
+    A weighted bincount, which is fast on CPU; on TPU a segment sum of static size.
+    """
+    p, ids = tf.reshape(p, [-1]), tf.reshape(ids, [-1])
     if _on_tpu():
-        return tf.math.unsorted_segment_sum(tf.reshape(p, [-1]), ids, size)
-    return tf.math.bincount(ids, weights=tf.reshape(p, [-1]), minlength=size, maxlength=size, dtype=p.dtype)
+        return tf.math.unsorted_segment_sum(p, ids, size)
+    return tf.math.bincount(ids, weights=p, minlength=size, maxlength=size, dtype=p.dtype)
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels(lo: int, hi: int, window: Optional[int], value: str):
     """XLA-compiled forward and backward passes for one alphabet, window and value mode."""
 
+    size = hi - lo + 1
+
     def forward(theta, q, alpha, seed):
+        """Values, and the soft counts over the whole alphabet (reduced here) or the windowed
+        CPMF with its level ids (scattered by `_scatter_counts`)."""
         p, levels, _ = _cpmf(theta, q, alpha, lo, hi, window)
         if value == "soft":
             out = q * tf.reduce_sum(p * levels, axis=-1)
@@ -152,11 +167,13 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
             below = tf.cast(tf.math.cumsum(p, axis=-1) < u[..., None], theta.dtype)
             idx = tf.minimum(tf.reduce_sum(below, axis=-1), float(levels.shape[-1] - 1))
             out = q * (levels[..., 0] + idx)
-        return out, p, levels[..., 0]
+        if p.shape[-1] == size:
+            return out, tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
+        return out, p, _index_ids(levels, lo, hi)
 
     def backward(theta, q, alpha, g_out, g_counts):
         p, levels, d = _cpmf(theta, q, alpha, lo, hi, window)
-        ids = tf.cast(levels, tf.int32) - lo
+        ids = _index_ids(levels, lo, hi)
         w = (g_out * q)[..., None] * levels + tf.gather(g_counts, ids)
         w_c = p * (w - tf.reduce_sum(p * w, axis=-1, keepdims=True))
         a = alpha[..., None] if alpha.shape.rank else alpha
@@ -169,10 +186,12 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
 
 
 def _forward(theta, q, alpha, seed, lo: int, hi: int, window: Optional[int], value: str):
-    """Values and soft counts; the counts' scatter runs outside XLA, where it is fast."""
-    out, p, first = _kernels(lo, hi, window, value)[0](theta, q, alpha, seed)
-    levels = first[..., None] + tf.range(p.shape[-1], dtype=first.dtype)
-    return out, _counts_from_cpmf(p, levels, lo, hi)
+    """Values and soft counts; a windowed CPMF's scatter runs outside XLA, where it is fast."""
+    result = _kernels(lo, hi, window, value)[0](theta, q, alpha, seed)
+    if _window_size(lo, hi, window) == hi - lo + 1:
+        return result
+    out, p, ids = result
+    return out, _scatter_counts(p, ids, hi - lo + 1)
 
 
 def quantize_with_counts(

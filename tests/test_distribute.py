@@ -107,7 +107,9 @@ def test_mirrored_replicas_match_one_device():
     one, two = out["one"], out["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert abs(one["task"] - two["task"]) < 1e-5
-    assert two["rate_spread"] == 0.0  # every replica adds the rate of the global batch
+    # Every replica adds the rate of the global batch: the replicas' copies agree up to float32
+    # rounding (a few ulps of rates of order 1), far inside the 1e-5 asked of replicas vs one device.
+    assert two["rate_spread"] <= 1e-6
     np.testing.assert_allclose(two["rates"], one["rates"], rtol=0, atol=1e-5)
     assert len(one["rates"]) == 6 and min(one["rates"]) > 0  # 3 weight + 3 activation terms
     for g1, g2 in zip(one["grads"], two["grads"]):
