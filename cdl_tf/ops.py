@@ -153,6 +153,7 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
     """XLA-compiled forward and backward passes for one alphabet, window and value mode."""
 
     size = hi - lo + 1
+    full = _window_size(lo, hi, window) == size
 
     def forward(theta, q, alpha, seed):
         """Values, and the soft counts over the whole alphabet (reduced here) or the windowed
@@ -167,7 +168,7 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
             below = tf.cast(tf.math.cumsum(p, axis=-1) < u[..., None], theta.dtype)
             idx = tf.minimum(tf.reduce_sum(below, axis=-1), float(levels.shape[-1] - 1))
             out = q * (levels[..., 0] + idx)
-        if p.shape[-1] == size:
+        if full:
             return out, tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
         return out, p, _index_ids(levels, lo, hi)
 
