@@ -150,14 +150,17 @@ def _scatter_counts(p: tf.Tensor, ids: tf.Tensor, size: int) -> tf.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _kernels(lo: int, hi: int, window: Optional[int], value: str):
-    """XLA-compiled forward and backward passes for one alphabet, window and value mode."""
+    """Forward ``(theta, q, alpha, seed) -> (values, counts)`` and backward passes for one
+    alphabet, window and value mode.
 
+    The CPMF work runs in XLA-compiled kernels; the counts are summed outside XLA, which is
+    faster on CPU: a column sum of the CPMF on the whole alphabet, otherwise a weighted
+    bincount over the level ids that the kernel returns beside the windowed CPMF.
+    """
     size = hi - lo + 1
     full = _window_size(lo, hi, window) == size
 
-    def forward(theta, q, alpha, seed):
-        """Values, and the soft counts over the whole alphabet (reduced here) or the windowed
-        CPMF with its level ids (scattered by `_scatter_counts`)."""
+    def kernel(theta, q, alpha, seed):
         p, levels, _ = _cpmf(theta, q, alpha, lo, hi, window)
         if value == "soft":
             out = q * tf.reduce_sum(p * levels, axis=-1)
@@ -169,7 +172,7 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
             idx = tf.minimum(tf.reduce_sum(below, axis=-1), float(levels.shape[-1] - 1))
             out = q * (levels[..., 0] + idx)
         if full:
-            return out, tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
+            return out, p
         return out, p, _index_ids(levels, lo, hi)
 
     def backward(theta, q, alpha, g_out, g_counts):
@@ -183,16 +186,16 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str):
         g_q = g_out * tf.reduce_sum(p * levels, axis=-1) + tf.reduce_sum(w_c * (2.0 * a * levels * d), axis=-1)
         return g_theta, _sum_to_shape(g_q, tf.shape(q)), _sum_to_shape(g_alpha, tf.shape(alpha))
 
-    return tf.function(forward, jit_compile=True), tf.function(backward, jit_compile=True)
+    kernel = tf.function(kernel, jit_compile=True)
 
+    def forward(theta, q, alpha, seed):
+        if full:
+            out, p = kernel(theta, q, alpha, seed)
+            return out, tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
+        out, p, ids = kernel(theta, q, alpha, seed)
+        return out, _scatter_counts(p, ids, size)
 
-def _forward(theta, q, alpha, seed, lo: int, hi: int, window: Optional[int], value: str):
-    """Values and soft counts; a windowed CPMF's scatter runs outside XLA, where it is fast."""
-    result = _kernels(lo, hi, window, value)[0](theta, q, alpha, seed)
-    if _window_size(lo, hi, window) == hi - lo + 1:
-        return result
-    out, p, ids = result
-    return out, _scatter_counts(p, ids, hi - lo + 1)
+    return forward, tf.function(backward, jit_compile=True)
 
 
 def quantize_with_counts(
@@ -233,11 +236,11 @@ def quantize_with_counts(
     alpha = tf.cast(alpha, theta.dtype)
     seed = tf.zeros([2], tf.int64) if seed is None else tf.cast(seed, tf.int64)
     lo, hi, window = int(lo), int(hi), None if window is None else int(window)
-    backward = _kernels(lo, hi, window, value)[1]
+    forward, backward = _kernels(lo, hi, window, value)
 
     @tf.custom_gradient
     def _op(theta, q, alpha):
-        out, counts = _forward(theta, q, alpha, seed, lo, hi, window, value)
+        out, counts = forward(theta, q, alpha, seed)
 
         def grad(g_out, g_counts):
             g_out = tf.zeros_like(theta) if g_out is None else g_out
