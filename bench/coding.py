@@ -19,7 +19,6 @@ Usage: ``python bench/coding.py [--out bench/results/coding.json] [--seed 0]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time

@@ -124,10 +124,9 @@ def main(argv):
         "load_average": os.getloadavg(),
     }
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    tmp = FLAGS.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, FLAGS.out)
+    from cdl_tf.io import atomic_write_json
+
+    atomic_write_json(FLAGS.out, report)
     print(f"step time, 2 logical devices / 1 device: {timing['step_time_2_over_1']:.2f}")
     for model, r in comm.items():
         b, s = r["broadcast"], r["split"]

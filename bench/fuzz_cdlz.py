@@ -27,6 +27,7 @@ import numpy as np
 
 from cdl_tf.coding import FormatError, QuantizedTensor, decode_bytes, encode_bytes
 from cdl_tf.coding.wire import ByteReader, encode_varint
+from cdl_tf.io import atomic_write_json
 
 MAX_ELEMENTS = 1 << 20
 BIG_VALUES = [0, 1, 127, 128, 2**16, 2**28 + 1, 2**40, 2**63, 2**64 - 1]
@@ -168,9 +169,7 @@ def main() -> int:
         "other_exceptions": failures,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
+    atomic_write_json(args.out, report)
     print(json.dumps({k: report[k] for k in ("n", "seed", "seconds", "outcomes", "by_mutation")}, indent=1))
     print(f"wrote {args.out}")
     return 1 if failures else 0

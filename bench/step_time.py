@@ -99,10 +99,9 @@ def main(argv):
         "results": results,
     }
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-    tmp = FLAGS.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, FLAGS.out)
+    from cdl_tf.io import atomic_write_json
+
+    atomic_write_json(FLAGS.out, report)
     for name, r in results.items():
         print(f"{name:7s} step {r['step_time_vs_float']:.2f}x float, peak memory {r['peak_step_memory_vs_float']:.2f}x float")
 

@@ -23,7 +23,6 @@ import time
 from typing import Any, Dict, Optional
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 

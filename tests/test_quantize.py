@@ -5,7 +5,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 import cdl_tf
-from cdl_tf.quantize import QuantizeAnnotate
 
 
 def small_cnn(seed=0):
