@@ -39,6 +39,8 @@ class CDLConfig:
       quantize_activations: also quantize activations (after ReLU/ReLU6: unsigned alphabet;
         other outputs that reach no further quantization site: signed).
       init_kappa: initial hardness ``kappa = alpha q^2`` of every quantizer.
+      weight_init_step_scale: multiplies the weights' initial step ``q_0`` (LSQ's
+        ``2 mean|theta| / sqrt(2^(b-1))``); above 1 starts on a coarser grid, at a lower rate.
       softness_param: train ``log kappa`` or ``log alpha``.
       train_softness, train_step: whether ``alpha``/``kappa`` and ``q`` are trained.
       step_grad_scale: scale the gradient of ``log q`` by ``1/sqrt(N (2^(b-1)))`` (LSQ).
@@ -61,6 +63,7 @@ class CDLConfig:
     bias_bits: int = 8
     quantize_activations: bool = True
     init_kappa: float = 4.0
+    weight_init_step_scale: float = 1.0
     softness_param: str = "kappa"
     train_softness: bool = True
     train_step: bool = True
@@ -91,8 +94,10 @@ class CDLConfig:
             w = getattr(self, field)
             if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
                 raise ValueError(f"CDLConfig.{field} must be a positive integer or None, got {w!r}")
-        if not self.init_kappa > 0:
-            raise ValueError(f"CDLConfig.init_kappa must be > 0, got {self.init_kappa!r}")
+        for field in ("init_kappa", "weight_init_step_scale"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"CDLConfig.{field} must be a number > 0, got {v!r}")
         for field in ("lambda_w", "lambda_a"):
             v = getattr(self, field)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:

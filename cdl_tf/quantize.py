@@ -315,7 +315,8 @@ class _Planner:
             bits = c.bias_bits if attr == "bias" else plan["weight_bits"]
             lo, hi = c.weight_range(bits)
             weights[attr] = CDLWeightQuantizer(
-                bits, lo, hi, window=c.weight_window, rate_weight=c.lambda_w,
+                bits, lo, hi, window=c.weight_window, init_step_scale=c.weight_init_step_scale,
+                rate_weight=c.lambda_w,
                 rate_normalizer=self.n_weights, **self._quantizer_args(),
             )
         if plan["site"] is not None:

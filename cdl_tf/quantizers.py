@@ -95,6 +95,7 @@ class CDLQuantizer(_Quantizer):
         train_softness: bool = True,
         train_step: bool = True,
         step_grad_scale: bool = True,
+        init_step_scale: float = 1.0,
         rate_weight: float = 0.0,
         rate_normalizer: float = 1.0,
         seed: int = 0,
@@ -106,10 +107,10 @@ class CDLQuantizer(_Quantizer):
             raise ValueError(f"softness_param must be one of {SOFTNESS_PARAMS}, got {softness_param!r}")
         if not lo <= 0 <= hi or lo == hi:
             raise ValueError(f"alphabet [{lo}, {hi}] must contain 0 and one other level")
-        if init_kappa <= 0 or rate_weight < 0 or rate_normalizer <= 0:
+        if init_kappa <= 0 or init_step_scale <= 0 or rate_weight < 0 or rate_normalizer <= 0:
             raise ValueError(
-                f"need init_kappa > 0, rate_weight >= 0, rate_normalizer > 0; got "
-                f"{init_kappa}, {rate_weight}, {rate_normalizer}"
+                f"need init_kappa > 0, init_step_scale > 0, rate_weight >= 0, rate_normalizer > 0; got "
+                f"{init_kappa}, {init_step_scale}, {rate_weight}, {rate_normalizer}"
             )
         self.bits, self.lo, self.hi = int(bits), int(lo), int(hi)
         self.mode = mode
@@ -119,6 +120,7 @@ class CDLQuantizer(_Quantizer):
         self.train_softness = bool(train_softness)
         self.train_step = bool(train_step)
         self.step_grad_scale = bool(step_grad_scale)
+        self.init_step_scale = float(init_step_scale)
         self.rate_weight = float(rate_weight)
         self.rate_normalizer = float(rate_normalizer)
         self.seed = int(seed)
@@ -189,6 +191,7 @@ class CDLQuantizer(_Quantizer):
             "window": self.window, "init_kappa": self.init_kappa,
             "softness_param": self.softness_param, "train_softness": self.train_softness,
             "train_step": self.train_step, "step_grad_scale": self.step_grad_scale,
+            "init_step_scale": self.init_step_scale,
             "rate_weight": self.rate_weight, "rate_normalizer": self.rate_normalizer,
             "seed": self.seed, "group": self.group,
         }
@@ -217,9 +220,12 @@ class CDLQuantizer(_Quantizer):
         return q, alpha
 
     def initial_step(self, x: tf.Tensor) -> tf.Tensor:
-        """``q_0 = 2 mean|x| / sqrt(2^(b-1))`` (LSQ's initialisation); 0.01 for an all-zero tensor."""
+        """``q_0 = s 2 mean|x| / sqrt(2^(b-1))`` (LSQ's initialisation times ``init_step_scale``).
+
+        0.01 for an all-zero tensor.
+        """
         mean_abs = tf.reduce_mean(tf.abs(tf.cast(x, tf.float32)))
-        q0 = 2.0 * mean_abs / math.sqrt(2.0 ** (self.bits - 1))
+        q0 = self.init_step_scale * 2.0 * mean_abs / math.sqrt(2.0 ** (self.bits - 1))
         return tf.where(q0 > 1e-8, q0, 0.01)
 
     def _maybe_initialize(self, x: tf.Tensor, weights) -> None:

@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cdl.bias_bits = 8
     c.cdl.quantize_activations = True
     c.cdl.init_kappa = 4.0
+    c.cdl.weight_init_step_scale = 1.0  # > 1: start the weights on a coarser grid than LSQ's
     c.cdl.softness_param = "kappa"
     c.cdl.train_softness = True
     c.cdl.train_step = True

@@ -266,11 +266,28 @@ def test_unsupported_layer_gets_a_clear_error():
         (dict(activation_window=0), "activation_window"),
         (dict(layer_bits={"x": (4,)}), "layer_bits"),
         (dict(init_kappa=0.0), "init_kappa"),
+        (dict(weight_init_step_scale=-2.0), "weight_init_step_scale"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         cdl_tf.CDLConfig(**kwargs)
+
+
+def test_weight_init_step_scale_multiplies_the_weights_initial_step_only():
+    x, _ = random_data(32)
+    steps = []
+    for scale in (1.0, 3.0):
+        qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(weight_init_step_scale=scale))
+        qm(x, training=False)
+        steps.append({name: float(q.step_and_softness(v)[0]) for name, q, v in cdl_tf.quantizers(qm)})
+    kinds = {name: quantizer.kind for name, quantizer, _ in cdl_tf.quantizers(qm)}
+    assert sorted(set(kinds.values())) == ["activation", "weight"]
+    for name, kind in kinds.items():
+        if kind == "weight":
+            assert steps[1][name] == pytest.approx(3.0 * steps[0][name], rel=1e-5), name
+    # Activation steps are LSQ's on their (here differently quantized) inputs: scale 1.
+    assert {q.init_step_scale for _, q, _ in cdl_tf.quantizers(qm) if q.kind == "activation"} == {1.0}
 
 
 def test_config_from_dict_rejects_unknown_fields():
