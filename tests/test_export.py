@@ -155,10 +155,22 @@ def test_coded_tensors_round_trip_through_the_container():
     qm, x = _bn_model()
     qm(x, training=True)
     tensors = coded_tensors(qm)
+    # BatchNorm layers are stored as their affine maps: two floats per channel.
+    assert sorted(n for n in tensors if n.startswith("bn1/")) == ["bn1/scale", "bn1/shift"]
     decoded = coding.decode_bytes(coding.encode_bytes(tensors))
     fresh, _ = _bn_model()
     apply_coded(fresh, decoded)
+    np.testing.assert_allclose(fresh(x, training=False), qm(x, training=False), rtol=1e-5, atol=1e-5)
+    # The decoded form is a fixed point: coding it again gives the same tensors and outputs.
+    apply_coded(qm, tensors)
     np.testing.assert_array_equal(fresh(x, training=False), qm(x, training=False))
+    again = coded_tensors(fresh)
+    for name, t in tensors.items():
+        got = again[name]
+        if isinstance(t, coding.QuantizedTensor):
+            np.testing.assert_array_equal(got.indices, t.indices, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, t, err_msg=name)
     with pytest.raises(ValueError, match="missing"):
         apply_coded(fresh, {k: v for k, v in decoded.items() if not k.startswith("bn1")})
 

@@ -1,10 +1,18 @@
 """A CDL model's inference weights as ``.cdlz`` tensors, and back.
 
 Quantized kernels are stored as their integer indices with step ``q``
-(`QuantizedTensor`); every other variable inference reads (biases, BatchNorm
-parameters and statistics, activation steps ``log q``, weights of float layers) is
-stored as float. Training-only state (softness, draw counters, rate weights) is
-not stored; a decoded model has its quantizers marked initialised.
+(`QuantizedTensor`); every other variable inference reads (biases, activation steps
+``log q``, weights of float layers) is stored as float. A BatchNormalization layer
+with ``gamma`` and ``beta`` is stored as its inference affine map, two floats per
+channel instead of four:
+
+    scale = gamma / sqrt(var + eps),    shift = beta - mean * scale,
+
+and decoded as ``gamma = scale``, ``beta = shift``, ``mean = 0`` and a variance
+with ``var + eps == 1`` in float32. Training-only state (softness, draw counters,
+rate weights) is not stored; a decoded model has its quantizers marked initialised.
+`apply_coded(model, coded_tensors(model))` puts a model in that decoded form, which
+infers as before up to float32 rounding.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from cdl_tf.coding import QuantizedTensor, index_entropy_bits
 from cdl_tf.quantize import quantizers
@@ -51,13 +60,36 @@ def _stored(name: str, v, log_qs) -> bool:
     return id(v) not in log_qs and not name.endswith(_TRAINING_ONLY)
 
 
+def _affine_batchnorms(model) -> list:
+    """The BatchNormalization layers stored as ``scale``/``shift`` (those with gamma and beta)."""
+    return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization) and l.scale and l.center]
+
+
+def _unit_variance(epsilon: float) -> np.float32:
+    """A float32 ``v`` with ``v + epsilon == 1`` in float32 (so ``1/sqrt(v + eps)`` is exactly 1)."""
+    v, eps = np.float32(1.0 - epsilon), np.float32(epsilon)
+    while np.float32(v + eps) > 1:
+        v = np.nextafter(v, np.float32(0))
+    while np.float32(v + eps) < 1:
+        v = np.nextafter(v, np.float32(2))
+    return v
+
+
+def _stored_variables(model, log_qs) -> Dict[str, object]:
+    """Name -> variable stored as is (BatchNorm layers in affine form are left out)."""
+    affine = {id(v) for l in _affine_batchnorms(model) for v in l.weights}
+    return {name: v for name, v in _named_variables(model) if _stored(name, v, log_qs) and id(v) not in affine}
+
+
 def coded_tensors(model) -> Dict[str, object]:
     """Name -> `QuantizedTensor` (kernels) or float32 array (everything else inference needs)."""
     kernels, log_qs, _ = _classify(model)
     out: Dict[str, object] = {}
-    for name, v in _named_variables(model):
-        if not _stored(name, v, log_qs):
-            continue
+    for bn in _affine_batchnorms(model):
+        scale = bn.gamma.numpy().astype(np.float64) / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
+        out[f"{bn.name}/scale"] = scale.astype(np.float32)
+        out[f"{bn.name}/shift"] = (bn.beta.numpy() - bn.moving_mean.numpy() * scale).astype(np.float32)
+    for name, v in _stored_variables(model, log_qs).items():
         if id(v) in kernels:
             quantizer, variables = kernels[id(v)]
             q = np.float32(quantizer.step_and_softness(variables)[0].numpy())
@@ -83,7 +115,9 @@ def _log_of(q: np.float32) -> np.float32:
 def apply_coded(model, tensors: Mapping[str, object]) -> None:
     """Set ``model``'s inference weights from decoded tensors (same architecture as at export)."""
     kernels, log_qs, flags = _classify(model)
-    expected = {name: v for name, v in _named_variables(model) if _stored(name, v, log_qs)}
+    expected = _stored_variables(model, log_qs)
+    for bn in _affine_batchnorms(model):
+        expected[f"{bn.name}/scale"], expected[f"{bn.name}/shift"] = bn.gamma, bn.beta
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -105,6 +139,9 @@ def apply_coded(model, tensors: Mapping[str, object]) -> None:
             if value.shape != tuple(v.shape):
                 raise ValueError(f"{name}: shape {value.shape} does not fit {tuple(v.shape)}")
             v.assign(value)
+    for bn in _affine_batchnorms(model):
+        bn.moving_mean.assign(tf.zeros_like(bn.moving_mean))
+        bn.moving_variance.assign(tf.fill(tf.shape(bn.moving_variance), _unit_variance(bn.epsilon)))
     for flag in flags:
         flag.assign(True)
 

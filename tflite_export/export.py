@@ -51,11 +51,13 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     from cdl_tf import coding
     from cdl_tf import data as cdl_data
     from cdl_tf.io import atomic_write_bytes, atomic_write_json
-    from tflite_export.coded import coded_tensors, entropy_bound_bits
+    from tflite_export.coded import apply_coded, coded_tensors, entropy_bound_bits
     from tflite_export.convert import TFLiteModel, to_tflite
     from tflite_export.graph import InferenceGraph
 
     config, model = _load_run(workdir)
+    tensors = coded_tensors(model)
+    apply_coded(model, tensors)  # what is evaluated and converted is exactly what decodes
     info = cdl_data.dataset_info(config.dataset)
     data_dir = config.data_dir or None
     calib, _ = _arrays(cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=data_dir,
@@ -66,7 +68,6 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     graph.calibrate([calib[i : i + config.batch_size] for i in range(0, len(calib), config.batch_size)])
     int8 = to_tflite(graph, "int8", info.input_shape, int8_io=int8_io)
     float_model = to_tflite(graph, "float", info.input_shape)
-    tensors = coded_tensors(model)
     metadata = {"ranges": {k: list(v) for k, v in graph.ranges.items()}, "model": config.model,
                 "dataset": config.dataset}
     coded = coding.encode_bytes(tensors, coder="ans", metadata=metadata)
