@@ -5,7 +5,9 @@ applies ``--n`` random mutations with a fixed seed and decodes each result with
 ``decode_bytes``. Every outcome must be either a :class:`FormatError` or a
 successful decode; any other exception is a reader bug and makes the script exit
 with status 1. Mutations whose name ends in ``+crc`` rewrite the frame's length
-field and CRC-32 afterwards so that the deeper header and payload checks run.
+field and CRC-32 afterwards so that the deeper checks run; those named ``header_*``
+mutate the inflated header and deflate it again (with correct header size,
+compressed length, length field and CRC-32), so that the header parser sees them.
 
 Outcomes per mutation kind and the FormatError fields that fired are written to
 ``bench/results/fuzz_cdlz.json``.
@@ -26,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from cdl_tf.coding import FormatError, QuantizedTensor, decode_bytes, encode_bytes
+from cdl_tf.coding.container import HEADER_LEVEL, HEADER_WBITS
 from cdl_tf.coding.wire import ByteReader, encode_varint
 from cdl_tf.io import atomic_write_json
 
@@ -55,16 +58,31 @@ def base_files(rng: np.random.Generator) -> list[bytes]:
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:
-    """(magic, version, flags, coder) and (header + payloads) of a valid file."""
+    """(magic, version, flags, coder) and (compressed header + payloads) of a valid file."""
     reader = ByteReader(memoryview(data), 7)
     reader.varint("length")
     return data[:7], data[reader.pos : -4]
+
+
+def _split_header(body: bytes) -> tuple[bytes, bytes]:
+    """The inflated header and the payloads of a valid file's body."""
+    reader = ByteReader(memoryview(body))
+    reader.varint("header size")
+    packed = reader.raw(reader.varint("compressed header length"), "compressed header")
+    return zlib.decompress(packed, HEADER_WBITS), body[reader.pos :]
 
 
 def refit(prefix: bytes, body: bytes) -> bytes:
     """Re-frame ``body`` with a correct length field and CRC-32."""
     data = prefix + encode_varint(len(body) + 4) + body
     return data + zlib.crc32(data).to_bytes(4, "little")
+
+
+def repack(header: bytes, payloads: bytes) -> bytes:
+    """A body holding ``header`` deflated, with correct header size and compressed length."""
+    compressor = zlib.compressobj(HEADER_LEVEL, zlib.DEFLATED, HEADER_WBITS)
+    packed = compressor.compress(header) + compressor.flush()
+    return encode_varint(len(header)) + encode_varint(len(packed)) + packed + payloads
 
 
 def mutators(rng: np.random.Generator) -> dict[str, Callable[[bytes], bytes]]:
@@ -83,34 +101,46 @@ def mutators(rng: np.random.Generator) -> dict[str, Callable[[bytes], bytes]]:
         out[int(rng.integers(0, 8))] = int(rng.integers(0, 256))
         return bytes(out)
 
-    def body_flip(data: bytes) -> bytes:
-        prefix, body = _split(data)
-        return refit(prefix, flip_bits(body) if body else body)
-
-    def body_splice(data: bytes) -> bytes:
-        prefix, body = _split(data)
-        pos = int(rng.integers(0, len(body) + 1))
+    def splice(data: bytes) -> bytes:
+        pos = int(rng.integers(0, len(data) + 1))
         cut = int(rng.integers(0, 9))
         insert = rng.integers(0, 256, size=int(rng.integers(0, 9)), dtype=np.uint8).tobytes()
-        return refit(prefix, body[:pos] + insert + body[pos + cut :])
+        return data[:pos] + insert + data[pos + cut :]
 
-    def body_varint(data: bytes) -> bytes:
-        prefix, body = _split(data)
-        pos = int(rng.integers(0, len(body)))
+    def varint(data: bytes) -> bytes:
+        pos = int(rng.integers(0, len(data)))
         end = pos
-        while end < len(body) and body[end] & 0x80:
+        while end < len(data) and data[end] & 0x80:
             end += 1
         value = BIG_VALUES[int(rng.integers(0, len(BIG_VALUES)))]
         value = value if rng.random() < 0.7 else int(rng.integers(0, 2**20))
-        return refit(prefix, body[:pos] + encode_varint(value) + body[end + 1 :])
+        return data[:pos] + encode_varint(value) + data[end + 1 :]
+
+    def in_body(mutate: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        def mutated(data: bytes) -> bytes:
+            prefix, body = _split(data)
+            return refit(prefix, mutate(body))
+
+        return mutated
+
+    def in_header(mutate: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        def mutated(data: bytes) -> bytes:
+            prefix, body = _split(data)
+            header, payloads = _split_header(body)
+            return refit(prefix, repack(mutate(header), payloads))
+
+        return mutated
 
     return {
         "bitflip": flip_bits,
         "truncate": truncate,
         "frame_byte": frame_byte,
-        "bitflip+crc": body_flip,
-        "splice+crc": body_splice,
-        "varint+crc": body_varint,
+        "bitflip+crc": in_body(flip_bits),
+        "splice+crc": in_body(splice),
+        "varint+crc": in_body(varint),
+        "header_bitflip+crc": in_header(flip_bits),
+        "header_splice+crc": in_header(splice),
+        "header_varint+crc": in_header(varint),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from cdl_tf.coding import (
     read,
     write,
 )
-from cdl_tf.coding import coders
+from cdl_tf.coding import coders, container
 from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN
 from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint, zigzag_decode, zigzag_encode
 
@@ -127,10 +128,39 @@ def fix_crc(data: bytes) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-def frame(body: bytes, *, version: int = 1, flags: int = 0, coder: int = 1) -> bytes:
-    """A file around a hand-built header+payload ``body`` (docs/cdlz-format.md, section 1 and 5)."""
-    head = b"CDLZ" + bytes((version, flags, coder)) + encode_varint(len(body) + 4)
-    return fix_crc(head + body + b"\0\0\0\0")
+def deflate(data: bytes) -> bytes:
+    """Raw deflate (zlib level 9, wbits -15), as the writer compresses the header."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+def frame_raw(rest: bytes, *, version: int = 2, flags: int = 0, coder: int = 1) -> bytes:
+    """A file around ``rest``, the bytes between the length field and the CRC (sections 1 and 5)."""
+    head = b"CDLZ" + bytes((version, flags, coder)) + encode_varint(len(rest) + 4)
+    return fix_crc(head + rest + b"\0\0\0\0")
+
+
+def pack(header_: bytes, *, size: int | None = None, packed: bytes | None = None) -> bytes:
+    """Section 2: header size, compressed header length and the raw deflate of ``header_``."""
+    packed = deflate(header_) if packed is None else packed
+    size = len(header_) if size is None else size
+    return encode_varint(size) + encode_varint(len(packed)) + packed
+
+
+def frame(header_: bytes, payloads: bytes = b"", *, flags: int = 0, coder: int = 1) -> bytes:
+    """A version-2 file around a hand-built uncompressed header and its payloads."""
+    return frame_raw(pack(header_) + payloads, flags=flags, coder=coder)
+
+
+def split(data: bytes) -> tuple[int, int, bytes, bytes]:
+    """(flags, coder, uncompressed header, payloads) of a valid version-2 file, parsed by hand."""
+    r = ByteReader(memoryview(data), 7)
+    r.varint("length")
+    size = r.varint("header size")
+    packed = bytes(r.raw(r.varint("compressed header length"), "compressed header"))
+    header_ = zlib.decompress(packed, -15)
+    assert len(header_) == size
+    return data[5], data[6], header_, data[r.pos : -4]
 
 
 def quantized_header(
@@ -146,7 +176,7 @@ def quantized_header(
     payload_len: int | None = None,
     scales=None,
 ) -> bytes:
-    """Tensor header section 3 written by hand, field by field."""
+    """A tensor header (section 3.2) written by hand, field by field."""
     w = ByteWriter()
     w.varint(len(name.encode()))
     w.raw(name.encode())
@@ -173,15 +203,14 @@ def quantized_header(
     return w.getvalue()
 
 
-def body(headers: list[bytes], payloads: list[bytes] = (), metadata: bytes = b"") -> bytes:
+def header(headers: list[bytes], metadata: bytes = b"") -> bytes:
+    """The uncompressed header (section 3): tensor count, metadata, tensor headers."""
     w = ByteWriter()
     w.varint(len(headers))
     w.varint(len(metadata))
     w.raw(metadata)
     for h in headers:
         w.raw(h)
-    for p in payloads:
-        w.raw(p)
     return w.getvalue()
 
 
@@ -366,6 +395,7 @@ def test_container_round_trip(tensors, coder, float_dtype, metadata):
     for name, t in tensors.items():
         assert_same(t, f[name], float_dtype)
     assert f.header_bytes + sum(f.payload_bytes(n) for n in f) == len(data)
+    assert encode_bytes(tensors, coder=coder, float_dtype=float_dtype, metadata=metadata) == data
 
 
 def test_single_symbol_empty_and_scalar_tensors_need_no_payload():
@@ -455,7 +485,7 @@ def test_hand_built_file_matches_writer():
     fb.varint(1)
     fb.varint(2)
     headers.append(fb.getvalue())
-    expected = frame(body(headers, [payload, np.array([1.5, -2], "<f4").tobytes()], metadata=b'{"k":1}'))
+    expected = frame(header(headers, metadata=b'{"k":1}'), payload + np.array([1.5, -2], "<f4").tobytes())
     got = encode_bytes(
         {
             "w": QuantizedTensor(x, -4, 4, 0.5, scales=[1.0, 2.0]),
@@ -482,7 +512,7 @@ def _one_tensor(**overrides) -> bytes:
     shape = overrides.pop("shape", (4,))
     payloads = overrides.pop("payloads", [payload])
     fields.update(overrides)
-    return frame(body([quantized_header("w", shape, **fields)], payloads))
+    return frame(header([quantized_header("w", shape, **fields)]), b"".join(payloads))
 
 
 def test_one_tensor_helper_is_valid():
@@ -496,14 +526,15 @@ def test_one_tensor_helper_is_valid():
         (b"", "too short"),
         (b"CDL", "too short"),
         (b"XDLZ" + SAMPLES[0][4:], "magic"),
-        (b"CDLZ\x02" + SAMPLES[0][5:], "version"),
+        (b"CDLZ\x01" + SAMPLES[0][5:], "version"),
+        (b"CDLZ\x03" + SAMPLES[0][5:], "version"),
         (b"CDLZ\x00" + SAMPLES[0][5:], "version"),
-        (b"CDLZ\x01\x80" + SAMPLES[0][6:], "flags"),
-        (b"CDLZ\x01\x00\x07" + SAMPLES[0][7:], "coder"),
+        (b"CDLZ\x02\x80" + SAMPLES[0][6:], "flags"),
+        (b"CDLZ\x02\x00\x07" + SAMPLES[0][7:], "coder"),
         (SAMPLES[0] + b"\0", "length"),
         (SAMPLES[0][:-1], "length"),
         (SAMPLES[0][:-4] + bytes(4), "crc32"),
-        (frame(b"", coder=1)[:7] + b"\x00", "length"),
+        (frame_raw(b"")[:7] + b"\x00", "length"),
         (_one_tensor(shape=(2**40,)), "max_elements"),
         (_one_tensor(shape=(2**20, 2**20)), "max_elements"),
         (_one_tensor(shape=(2**14, 2**14, 0)), "empty tensor"),  # large dims, zero elements
@@ -525,25 +556,93 @@ def test_one_tensor_helper_is_valid():
         (_one_tensor(scales=[1.0, float("nan"), 1.0, 1.0]), "scales"),
         (_one_tensor(scales=[1.0]), None),  # consumes the wrong number of bytes: some later field fails
         (_one_tensor(shape=(), counts=[1], coder_id=0, payload_len=None, payloads=[], scales=[1.0]), "0-d"),
-        (frame(body([quantized_header("w", (0,), lo=0, hi=1, q=1.0, coder_id=1)])), "empty tensor"),
-        (frame(body([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])] * 2)), "duplicate"),
-        (frame(body([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])]).replace(b"w", b"\xff")), "UTF-8"),
-        (frame(body([], metadata=b"[1, 2]")), "JSON object"),
-        (frame(body([], metadata=b"{\"a\": NaN}")), "NaN"),
-        (frame(body([], metadata=b"{\"a\":")), "JSON"),
-        (frame(body([], metadata=b"[" * 100000 + b"]" * 100000)), "metadata"),
-        (frame(body([], metadata=b"\xff\xfe")), "metadata"),
-        (frame(body([]), flags=1), "lossy"),
+        (frame(header([quantized_header("w", (0,), lo=0, hi=1, q=1.0, coder_id=1)])), "empty tensor"),
+        (frame(header([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])] * 2)), "duplicate"),
+        (frame(header([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])]).replace(b"w", b"\xff")), "UTF-8"),
+        (frame(header([], metadata=b"[1, 2]")), "JSON object"),
+        (frame(header([], metadata=b"{\"a\": NaN}")), "NaN"),
+        (frame(header([], metadata=b"{\"a\":")), "JSON"),
+        (frame(header([], metadata=b"[" * 100000 + b"]" * 100000)), "metadata"),
+        (frame(header([], metadata=b"\xff\xfe")), "metadata"),
+        (frame(header([]), flags=1), "lossy"),
+        (frame(header([]) + b"\0"), "header: 1 byte"),
+        (frame(header([b"\x01w\x01\x00"]) + b"\x01\x00\x00\x80\x3f"), "header: 5 byte"),
         (frame(encode_varint(70000) + b"\0"), "tensor count"),
         (frame(encode_varint(1) + encode_varint(2**21)), "metadata length"),
-        (frame(body([b"\x01w\x07\x00"])), "kind"),
-        (frame(body([b"\x01w\x01\x01\x05"])), "payload lengths sum"),
-        (frame(body([b"\x00"])), "name length"),
+        (frame(header([b"\x01w\x07\x00"])), "kind"),
+        (frame(header([b"\x01w\x01\x01\x05"])), "payload lengths sum"),
+        (frame(header([b"\x00"])), "name length"),
     ],
 )
 def test_reader_rejects(data, message):
     with pytest.raises(FormatError, match=message):
         decode_bytes(data)
+
+
+_, _, HEADER0, PAYLOADS0 = split(SAMPLES[0])
+PACKED0 = deflate(HEADER0)
+
+
+@pytest.mark.parametrize(
+    "rest, message",
+    [
+        (b"", "header size: truncated"),
+        (encode_varint(len(HEADER0)), "compressed header length: truncated"),
+        (pack(HEADER0, size=container.MAX_HEADER_BYTES + 1) + PAYLOADS0, "header size: 67108865 exceeds the limit"),
+        (pack(HEADER0, size=2**64 - 1) + PAYLOADS0, "header size: .* exceeds the limit"),
+        (pack(HEADER0, size=container.MAX_HEADER_BYTES) + PAYLOADS0, "header size: declares 67108864"),
+        (pack(HEADER0, size=len(HEADER0) + 1) + PAYLOADS0, "header size: declares"),
+        (pack(HEADER0, size=len(HEADER0) - 1) + PAYLOADS0, "header size: .*more than the declared"),
+        (pack(HEADER0, size=0) + PAYLOADS0, "header size: .*more than the declared 0"),
+        (pack(bytes(10**6), size=1000), "header size: .*more than the declared 1000"),
+        (encode_varint(len(HEADER0)) + encode_varint(len(PACKED0) + len(PAYLOADS0) + 1) + PACKED0 + PAYLOADS0, "compressed header length"),
+        (encode_varint(len(HEADER0)) + encode_varint(len(PACKED0) + len(PAYLOADS0)) + PACKED0 + PAYLOADS0, "after the end of the deflate stream"),
+        (pack(HEADER0, packed=PACKED0 + b"\0") + PAYLOADS0, "compressed header: 1 byte\\(s\\) after the end"),
+        (pack(HEADER0, packed=PACKED0 + deflate(b"")) + PAYLOADS0, "after the end of the deflate stream"),
+        (pack(HEADER0, packed=PACKED0[:-1]) + PAYLOADS0, "compressed header: deflate stream is incomplete"),
+        (pack(HEADER0, packed=b"") + PAYLOADS0, "compressed header: deflate stream is incomplete"),
+        (pack(HEADER0, packed=b"\x07" + PACKED0[1:]) + PAYLOADS0, "compressed header: invalid deflate stream"),
+        (pack(HEADER0, packed=b"\x01\x05\x00\x00\x00") + PAYLOADS0, "compressed header: invalid deflate stream"),
+        (pack(HEADER0, packed=zlib.compress(HEADER0)) + PAYLOADS0, "compressed header: invalid deflate stream"),
+        (pack(HEADER0) + PAYLOADS0[:-1], "payload lengths sum"),
+    ],
+)
+def test_reader_rejects_bad_compressed_header(rest, message):
+    with pytest.raises(FormatError, match=message):
+        decode_bytes(frame_raw(rest))
+
+
+def test_reader_rejects_version_1():
+    """A version-1 file (header stored uncompressed right after the length field) is not read."""
+    with pytest.raises(FormatError, match="version: unsupported format version 1"):
+        decode_bytes(frame_raw(HEADER0 + PAYLOADS0, version=1))
+
+
+def test_header_limit_applies_to_writer_and_reader(monkeypatch):
+    tensors = {"layer/kernel": QuantizedTensor(np.array([0, 1, 1]), -1, 1, 1.0)}
+    data = encode_bytes(tensors)
+    monkeypatch.setattr(container, "MAX_HEADER_BYTES", len(split(data)[2]) - 1)
+    with pytest.raises(ValueError, match="header is"):
+        encode_bytes(tensors)
+    with pytest.raises(FormatError, match="header size: .* exceeds the limit"):
+        decode_bytes(data)
+
+
+def test_writer_is_deterministic_and_canonical():
+    """Re-encoding a decoded file with the same options reproduces it byte for byte."""
+    for data in SAMPLES:
+        f = decode_bytes(data)
+        again = encode_bytes(f, coder=f.coder, float_dtype="float16" if f.lossy else "float32", metadata=f.metadata)
+        assert again == data
+
+
+def test_header_is_deflated():
+    names = {f"quant_stage1_block{i}_conv{j}/kernel": np.zeros((2,), np.float32) for i in range(3) for j in range(2)}
+    data = encode_bytes(names)
+    _, _, header_, _ = split(data)
+    f = decode_bytes(data)
+    assert f.header_bytes < len(header_)
+    assert f.header_bytes == len(data) - sum(f.payload_bytes(n) for n in f)
 
 
 def test_empty_file_is_valid():
@@ -570,6 +669,20 @@ def test_max_elements_applies_to_total():
 # ------------------------------------------------------------------- fuzzing
 
 
+def mutate_part(data: bytes, part: str, mutate: Callable[[bytes], bytes]) -> bytes:
+    """``data`` with ``mutate`` applied to one part, re-framed with correct sizes and CRC.
+
+    ``header`` is the uncompressed header, compressed again after the mutation so that
+    the header parser sees it; ``body`` is everything between the length field and the CRC.
+    """
+    flags, coder, header_, payloads = split(data)
+    if part == "header":
+        return frame(mutate(header_), payloads, flags=flags, coder=coder)
+    if part == "payloads":
+        return frame(header_, mutate(payloads), flags=flags, coder=coder)
+    return frame_raw(mutate(pack(header_) + payloads), flags=flags, coder=coder)
+
+
 @pytest.mark.parametrize("sample", range(len(SAMPLES)))
 def test_every_truncation_is_rejected(sample):
     data = SAMPLES[sample]
@@ -578,56 +691,83 @@ def test_every_truncation_is_rejected(sample):
             decode_bytes(data[:n])
 
 
-@given(sample=st.integers(0, len(SAMPLES) - 1), flips=st.lists(st.integers(0, 10**9), min_size=1, max_size=8), fix=st.booleans())
-@FUZZ
-def test_bit_flips_raise_only_format_error(sample, flips, fix):
-    data = bytearray(SAMPLES[sample])
-    for f in flips:
-        pos = f % (8 * (len(data) - 4 if fix else len(data)))
-        data[pos // 8] ^= 1 << (pos % 8)
-    data = bytes(data)
-    if fix:
-        data = fix_crc(data)
-        decode_or_format_error(data)
-    elif data != SAMPLES[sample]:
+@pytest.mark.parametrize("sample", range(len(SAMPLES)))
+def test_every_truncation_of_the_header_is_rejected(sample):
+    """Truncated deflate streams, and truncated headers compressed whole, each with sizes and CRC fixed."""
+    flags, coder, header_, payloads = split(SAMPLES[sample])
+    packed = deflate(header_)
+    for n in range(len(packed)):
+        with pytest.raises(FormatError, match="compressed header"):
+            decode_bytes(frame_raw(pack(header_, packed=packed[:n]) + payloads, flags=flags, coder=coder))
+    for n in range(len(header_)):
         with pytest.raises(FormatError):
-            decode_bytes(data, max_elements=COMPARE_MAX)
+            decode_bytes(frame(header_[:n], payloads, flags=flags, coder=coder))
 
 
 @given(
     sample=st.integers(0, len(SAMPLES) - 1),
-    start=st.integers(7, 10**9),
+    flips=st.lists(st.integers(0, 10**9), min_size=1, max_size=8),
+    target=st.sampled_from(["file", "file+crc", "header", "payloads"]),
+)
+@FUZZ
+def test_bit_flips_raise_only_format_error(sample, flips, target):
+    """Bit flips anywhere in the file (CRC kept or fixed), or in the uncompressed header or the payloads."""
+
+    def flip(raw: bytes) -> bytes:
+        out = bytearray(raw)
+        for f in flips:
+            pos = f % (8 * len(out))
+            out[pos // 8] ^= 1 << (pos % 8)
+        return bytes(out)
+
+    data = SAMPLES[sample]
+    if target == "file":
+        mutated = flip(data)
+        if mutated != data:
+            with pytest.raises(FormatError):
+                decode_bytes(mutated, max_elements=COMPARE_MAX)
+    elif target == "file+crc":
+        decode_or_format_error(fix_crc(flip(data[:-4]) + data[-4:]))
+    else:
+        decode_or_format_error(mutate_part(data, target, flip))
+
+
+@given(
+    sample=st.integers(0, len(SAMPLES) - 1),
+    part=st.sampled_from(["header", "payloads", "body"]),
+    start=st.integers(0, 10**9),
     replacement=st.binary(min_size=0, max_size=12),
     cut=st.integers(0, 12),
 )
 @FUZZ
-def test_splices_with_fixed_crc_raise_only_format_error(sample, start, replacement, cut):
-    """Byte replacements, insertions and deletions past the frame, with length and CRC fixed up."""
-    data = SAMPLES[sample]
-    head_end = 7 + len(encode_varint(len(data) - 7))  # magic..coder + length varint
-    body_ = data[head_end:-4]
-    pos = start % (len(body_) + 1)
-    mutated = body_[:pos] + replacement + body_[pos + cut :]
-    decode_or_format_error(frame(mutated, version=data[4], flags=data[5], coder=data[6]))
+def test_splices_with_fixed_crc_raise_only_format_error(sample, part, start, replacement, cut):
+    """Byte replacements, insertions and deletions in one part, with sizes and CRC fixed up."""
+
+    def splice(raw: bytes) -> bytes:
+        pos = start % (len(raw) + 1)
+        return raw[:pos] + replacement + raw[pos + cut :]
+
+    decode_or_format_error(mutate_part(SAMPLES[sample], part, splice))
 
 
 @given(
     sample=st.integers(0, len(SAMPLES) - 1),
+    part=st.sampled_from(["header", "body"]),
     pos=st.integers(0, 10**9),
-    value=st.sampled_from([2**40, 2**28 + 1, 2**63, 2**64 - 1, 0, 1, 127, 128, 65535, 65536]),
+    value=st.sampled_from([2**40, 2**28 + 1, 2**26 + 1, 2**63, 2**64 - 1, 0, 1, 127, 128, 65535, 65536]),
 )
 @FUZZ
-def test_inflated_varints_raise_only_format_error(sample, pos, value):
-    """Overwrite the varint starting at a header byte with a large declared size."""
-    data = SAMPLES[sample]
-    head_end = 7 + len(encode_varint(len(data) - 7))
-    body_ = data[head_end:-4]
-    p = pos % len(body_)
-    end = p
-    while end < len(body_) and body_[end] & 0x80:
-        end += 1
-    mutated = body_[:p] + encode_varint(value) + body_[end + 1 :]
-    decode_or_format_error(frame(mutated, version=data[4], flags=data[5], coder=data[6]))
+def test_inflated_varints_raise_only_format_error(sample, part, pos, value):
+    """Overwrite the varint starting at a byte of the header (or of the body) with a large declared size."""
+
+    def inflate(raw: bytes) -> bytes:
+        p = pos % len(raw)
+        end = p
+        while end < len(raw) and raw[end] & 0x80:
+            end += 1
+        return raw[:p] + encode_varint(value) + raw[end + 1 :]
+
+    decode_or_format_error(mutate_part(SAMPLES[sample], part, inflate))
 
 
 # ------------------------------------------------------------------- files

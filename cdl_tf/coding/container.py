@@ -3,18 +3,20 @@
 Byte layout, limits and the reader's validation order are specified in
 ``docs/cdlz-format.md``. In short::
 
-    "CDLZ" | version u8 | flags u8 | coder u8 | length varint
-    | tensor count | metadata length + UTF-8 JSON object
-    | per tensor: name, kind, ndim, dims, [lo, hi, q, scales, coder id,
-    |             frequency table, payload length]
+    "CDLZ" | version u8 = 2 | flags u8 | coder u8 | length varint
+    | header size varint | compressed header length varint
+    | raw deflate of the header:
+    |     tensor count | metadata length + UTF-8 JSON object
+    |     | per tensor: name, kind, ndim, dims, [lo, hi, q, scales, coder id,
+    |                   frequency table, payload length]
     | payloads in tensor order | CRC-32 (u32 LE) of every preceding byte
 
 Quantized tensors are coded with :mod:`cdl_tf.coding.coders` under their own
 frequency table over the used index range; float tensors are raw little-endian
 float32 (lossless) or float16 (flagged lossy). Nothing in a file is executed: the
 reader parses fixed binary fields and one JSON object, checks every declared size
-against hard limits before allocating, and raises :class:`FormatError` for any
-malformed input.
+against hard limits before allocating (the header is inflated into at most its
+declared, bounded size), and raises :class:`FormatError` for any malformed input.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint
 from cdl_tf.io import atomic_write_bytes
 
 MAGIC = b"CDLZ"
-VERSION = 1
+VERSION = 2
 
 FLAG_LOSSY = 0x01
 
@@ -53,6 +55,9 @@ MAX_NDIM = 8
 MAX_NAME_BYTES = 1024
 MAX_METADATA_BYTES = 1 << 20
 MAX_TABLE_SIZE = 1 << 16
+MAX_HEADER_BYTES = 1 << 26
+HEADER_LEVEL = 9
+HEADER_WBITS = -15
 DEFAULT_MAX_ELEMENTS = 1 << 28
 
 _FLOAT_KINDS = {KIND_FLOAT32: np.dtype("<f4"), KIND_FLOAT16: np.dtype("<f2")}
@@ -122,7 +127,7 @@ class CodedFile(Mapping[str, Tensor]):
 
     @property
     def header_bytes(self) -> int:
-        """Everything but the payloads: framing, metadata, tensor headers, CRC."""
+        """Everything but the payloads: frame, compressed header, CRC."""
         return self._total_bytes - sum(self._payload_sizes.values())
 
     def payload_bytes(self, name: str) -> int:
@@ -175,7 +180,7 @@ def encode_bytes(
             _write_shape(header, name, stored.shape)
             payloads.append(stored.tobytes())
 
-    body = header.getvalue() + b"".join(payloads)
+    body = _pack_header(header.getvalue()) + b"".join(payloads)
     flags = FLAG_LOSSY if lossy else 0
     framed = MAGIC + bytes((VERSION, flags, CODER_IDS[coder])) + encode_varint(len(body) + 4) + body
     return framed + zlib.crc32(framed).to_bytes(4, "little")
@@ -193,6 +198,15 @@ def write(
     data = encode_bytes(tensors, coder=coder, float_dtype=float_dtype, metadata=metadata)
     atomic_write_bytes(path, data)
     return len(data)
+
+
+def _pack_header(header: bytes) -> bytes:
+    """``header size | compressed header length | raw deflate of header``."""
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"header is {len(header)} bytes, limit {MAX_HEADER_BYTES}")
+    compressor = zlib.compressobj(HEADER_LEVEL, zlib.DEFLATED, HEADER_WBITS)
+    packed = compressor.compress(header) + compressor.flush()
+    return encode_varint(len(header)) + encode_varint(len(packed)) + packed
 
 
 def _encode_metadata(metadata: Mapping | None) -> bytes:
@@ -318,7 +332,12 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
         raise ValueError(f"max_elements must be >= 0, got {max_elements}")
     view = memoryview(data).cast("B")
     reader, flags, coder_id = _check_frame(view)
-    metadata, entries = _parse_header(reader, coder_id, max_elements)
+    header = _inflate_header(reader)
+    metadata, entries = _parse_header(header, coder_id, max_elements)
+    if header.remaining:
+        raise FormatError(
+            f"header: {header.remaining} byte(s) left after the last tensor header at offset {header.pos}"
+        )
 
     lossy = any(e.kind == KIND_FLOAT16 for e in entries)
     if bool(flags & FLAG_LOSSY) != lossy:
@@ -329,7 +348,7 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
     declared = sum(e.payload_len for e in entries)
     if declared != reader.remaining:
         raise FormatError(
-            f"payload lengths sum to {declared} bytes but {reader.remaining} payload bytes are present"
+            f"payload lengths sum to {declared} bytes but {reader.remaining} bytes follow the compressed header"
         )
 
     tensors: dict[str, Tensor] = {}
@@ -374,6 +393,39 @@ def _check_frame(view: memoryview) -> tuple[ByteReader, int, int]:
     if stored != computed:
         raise FormatError(f"crc32: stored 0x{stored:08x}, computed 0x{computed:08x}")
     return ByteReader(view, reader.pos, len(view) - 4), flags, coder_id
+
+
+def _inflate_header(reader: ByteReader) -> ByteReader:
+    """Read the header size and the compressed header; returns a reader over the inflated header."""
+    size = reader.varint("header size")
+    if size > MAX_HEADER_BYTES:
+        raise FormatError(f"header size: {size} exceeds the limit {MAX_HEADER_BYTES}")
+    length = reader.varint("compressed header length")
+    if length > reader.remaining:
+        raise FormatError(
+            f"compressed header length: {length} bytes declared but only {reader.remaining} remain before the CRC"
+        )
+    packed = reader.raw(length, "compressed header")
+    inflater = zlib.decompressobj(HEADER_WBITS)
+    try:
+        header = inflater.decompress(packed, size + 1)
+    except zlib.error as exc:
+        raise FormatError(f"compressed header: invalid deflate stream ({exc})") from exc
+    if len(header) > size:
+        raise FormatError(
+            f"header size: the compressed header inflates to more than the declared {size} bytes"
+        )
+    if not inflater.eof:
+        raise FormatError(f"compressed header: deflate stream is incomplete after {length} bytes")
+    if inflater.unused_data:
+        raise FormatError(
+            f"compressed header: {len(inflater.unused_data)} byte(s) after the end of the deflate stream"
+        )
+    if len(header) != size:
+        raise FormatError(
+            f"header size: declares {size} bytes but the compressed header inflates to {len(header)}"
+        )
+    return ByteReader(memoryview(header))
 
 
 def _parse_header(reader: ByteReader, coder_id: int, max_elements: int) -> tuple[dict, list[_Entry]]:
