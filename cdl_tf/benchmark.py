@@ -413,9 +413,12 @@ def result_row(point: Point, workdir: str, reference_bytes: int) -> Dict[str, An
         if point.method in ("tfmot8", "ptq8"):
             row.update(bits_per_activation=float(INT8_BITS), activation_bits_kind="nominal")
         else:
-            row.update(bits_per_activation=metrics["bits_per_activation"], activation_bits_kind="entropy",
-                       first_layer_bits=metrics["cdl"]["first_layer_bits"] or point.weight_bits,
+            row.update(first_layer_bits=metrics["cdl"]["first_layer_bits"] or point.weight_bits,
                        last_layer_bits=metrics["cdl"]["last_layer_bits"] or point.weight_bits)
+            if metrics["cdl"].get("quantize_activations", True):
+                row.update(bits_per_activation=metrics["bits_per_activation"], activation_bits_kind="entropy")
+            else:  # weights-only CDL: the int8 TFLite model's activations are calibrated 8-bit
+                row.update(bits_per_activation=float(INT8_BITS), activation_bits_kind="nominal", activation_bits=INT8_BITS)
     row.update(
         error=1.0 - row["accuracy"], coded_kb=row["coded_bytes"] / KB, float32_bytes=reference_bytes,
         compression_ratio=reference_bytes / row["coded_bytes"],
@@ -538,7 +541,8 @@ def markdown(results: Dict[str, Any]) -> str:
         "float: float32 weights.",
         "- bits (w/a): weight/activation bit width; the first and last layers' weights as noted.",
         "- bits/weight: ANS payload per quantized weight (float: 32). bits/act: measured entropy of the "
-        "quantized activations, except where marked nominal.",
+        "quantized activations, except where marked nominal (8-bit baselines, and weights-only CDL, whose "
+        "int8 model has calibrated 8-bit activations).",
         "- compression: float32 size / coded size. ptq8 train time: calibration and conversion of the "
         "float run's model.",
     ]

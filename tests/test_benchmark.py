@@ -153,3 +153,22 @@ def test_finished_runs_tabulate_like_a_sweep(bench, tmp_path):
     assert os.path.isfile(tmp_path / "results.md") and table["plots"]
     with pytest.raises(benchmark.BenchmarkError, match="no run"):
         benchmark.tabulate_runs([], str(tmp_path))
+
+
+def test_weights_only_cdl_row_reports_calibrated_int8_activations(tmp_path):
+    export = {"accuracy": {"tflite_int8": 0.98}, "bytes": {"cdlz_ans": 2000, "tflite_int8": 9000},
+              "bits_per_weight": {"ans_payload": 0.05, "cdlz_ans_total": 0.06}}
+    for quantize_activations in (True, False):
+        run = tmp_path / str(quantize_activations)
+        (run / "export").mkdir(parents=True)
+        metrics = {"test_accuracy": 0.979, "train_time_s": 1.0, "bits_per_activation": 1.5,
+                   "cdl": {"first_layer_bits": 8, "last_layer_bits": None,
+                           "quantize_activations": quantize_activations}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "export" / "export.json").write_text(json.dumps(export))
+        row = benchmark.result_row(benchmark.Point("rcdl", 4, 4, 0.1, 0.0), str(run), 100_000)
+        assert row["coded_bytes"] == 2000 and row["compression_ratio"] == 50.0
+        if quantize_activations:
+            assert (row["bits_per_activation"], row["activation_bits_kind"], row["activation_bits"]) == (1.5, "entropy", 4)
+        else:
+            assert (row["bits_per_activation"], row["activation_bits_kind"], row["activation_bits"]) == (8.0, "nominal", 8)
