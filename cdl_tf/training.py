@@ -35,7 +35,7 @@ from cdl_tf.communication import activation_site, communication_report, write_su
 from cdl_tf.config import CDLConfig
 from cdl_tf.distribute import STRATEGIES, initialize_quantizers, make_strategy
 from cdl_tf.io import atomic_write_json
-from cdl_tf.quantize import quantize_model, quantize_scope
+from cdl_tf.quantize import quantize_model, quantize_scope, quantizers
 from cdl_tf.report import rate_report
 
 MODES = ("float", "cdl", "rcdl", "ste", "tfmot8")
@@ -111,20 +111,49 @@ def _optimizer(config, steps_per_epoch: int):
 
 
 def build_model(config, cdl_config: CDLConfig) -> keras.Model:
-    """The float model of the config, quantized as its mode says (weights from ``init_from``)."""
+    """The float model of the config, quantized as its mode says (weights from ``init_from``).
+
+    ``init_from`` is a float run of the same model, or a CDL run (cdl, rcdl, ste) with the
+    same quantization plan: then a CDL mode continues from its weights and steps ``q``, with
+    this config's rate weights and initial softness (e.g. a final hard-forward ``ste`` phase).
+    """
     info = cdl_data.dataset_info(config.dataset)
     model = cdl_models.get_model(config.model, info.input_shape, info.num_classes, config.optimizer.weight_decay)
+    source = None
     if config.init_from:
         with quantize_scope():
             source = keras.models.load_model(os.path.join(config.init_from, "model.keras"), compile=False)
-        if len(source.get_weights()) != len(model.get_weights()):
-            raise ConfigError(f"config.init_from: {config.init_from!r} is not a float {config.model} run")
-        model.set_weights(source.get_weights())
+        if not quantizers(source):
+            if len(source.get_weights()) != len(model.get_weights()):
+                raise ConfigError(f"config.init_from: {config.init_from!r} is not a float or CDL {config.model} run")
+            model.set_weights(source.get_weights())
+            source = None
+        elif config.mode not in CDL_MODES:
+            raise ConfigError(f"config.init_from: {config.init_from!r} is a CDL run; continuing it needs a CDL mode "
+                              f"({', '.join(CDL_MODES)}), not {config.mode!r}")
     if config.mode in CDL_MODES:
-        return quantize_model(model, cdl_config)
+        qmodel = quantize_model(model, cdl_config)
+        if source is not None:
+            _continue_cdl_run(qmodel, source, cdl_config, config.init_from)
+        return qmodel
     if config.mode == "tfmot8":
         return tfmot.quantization.keras.quantize_model(model)
     return model
+
+
+def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLConfig, path: str) -> None:
+    """Copy ``source``'s weights and quantizer state; rate weights and softness from ``cdl_config``."""
+    shapes = [tuple(w.shape) for w in source.weights]
+    if shapes != [tuple(w.shape) for w in qmodel.weights]:
+        raise ConfigError(f"config.init_from: {path!r} is a CDL run with another quantization plan (layers, bits, "
+                          "quantized biases or activations) than this config")
+    qmodel.set_weights(source.get_weights())
+    for _, quantizer, variables in quantizers(qmodel):
+        variables["rate_weight"].assign(quantizer.rate_weight)
+        log_softness = np.log(cdl_config.init_kappa)
+        if cdl_config.softness_param == "alpha":  # alpha = kappa / q^2
+            log_softness -= 2.0 * float(variables["log_q"].numpy())
+        variables["log_softness"].assign(log_softness)
 
 
 def _datasets(config, drop_remainder: bool = False):

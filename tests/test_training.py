@@ -100,6 +100,42 @@ def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
     assert again.get("bits_per_weight") == pytest.approx(saved.get("bits_per_weight"))
 
 
+def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
+    import numpy as np
+    import tf_keras as keras
+
+    from cdl_tf.quantize import quantize_scope, quantizers
+    from cdl_tf.training import build_model
+
+    first = small(lenet300_mnist, data_dir, mode="rcdl")
+    first.cdl.lambda_w, first.cdl.init_kappa = 0.05, 4.0
+    train_and_evaluate(first, str(tmp_path / "rcdl"))
+    with quantize_scope():
+        source = keras.models.load_model(str(tmp_path / "rcdl" / "model.keras"), compile=False)
+    steps = {name: float(v["log_q"].numpy()) for name, _, v in quantizers(source)}
+
+    second = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
+    second.cdl.lambda_w, second.cdl.init_kappa = 0.2, 8.0
+    model = build_model(second, validate_config(second))
+    for w, v in zip(source.get_weights()[:2], model.get_weights()[:2]):
+        np.testing.assert_array_equal(w, v)
+    for name, quantizer, v in quantizers(model):
+        assert float(v["log_q"].numpy()) == steps[name], name  # steps carry over
+        assert float(np.exp(v["log_softness"].numpy())) == pytest.approx(8.0), name  # softness is the new config's
+        expected = 0.2 if quantizer.kind == "weight" else second.cdl.lambda_a
+        assert float(v["rate_weight"].numpy()) == pytest.approx(expected), name
+    metrics = train_and_evaluate(second, str(tmp_path / "ste"))
+    assert 0.5 < metrics["test_accuracy"] <= 1.0
+
+    other_plan = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
+    other_plan.cdl.quantize_biases = True
+    with pytest.raises(ConfigError, match="another quantization plan"):
+        build_model(other_plan, validate_config(other_plan))
+    with pytest.raises(ConfigError, match="needs a CDL mode"):
+        float_mode = small(lenet300_mnist, data_dir, mode="float", init_from=str(tmp_path / "rcdl"))
+        build_model(float_mode, validate_config(float_mode))
+
+
 def test_batchnorm_model_trains_and_reestimates(tmp_path, data_dir):
     c = small(lenet5_mnist, data_dir, model="resnet20", dataset="cifar10", mode="rcdl", train_subset=256,
               test_subset=128, batch_size=64)
