@@ -332,5 +332,14 @@ class InferenceGraph:
                 highs[name] = max(highs.get(name, 0.0), float(tf.reduce_max(t)))
         if not lows:
             raise ExportError("no calibration batch was given")
-        self.ranges = {n: (lows[n], max(highs[n], lows[n] + 1e-6)) for n in lows}
+        self.ranges = {n: (_short_float32(lows[n]), _short_float32(max(highs[n], lows[n] + 1e-6))) for n in lows}
         return self.ranges
+
+
+def _short_float32(v: float) -> float:
+    """``v`` rounded to float32 and written with the fewest decimal digits that identify it.
+
+    Ranges are stored as JSON numbers in the ``.cdlz`` metadata; this keeps them short
+    (``2.8255963`` instead of ``2.825596332550049``) and the same after a JSON round trip.
+    """
+    return float(str(np.float32(v)))
