@@ -195,3 +195,24 @@ def test_quantized_biases_export_as_indices():
     graph.calibrate([x])
     tm = TFLiteModel(to_tflite(graph, "int8", (8, 8, 1)))
     assert (tm.predict(x).argmax(1) == qm.predict(x, verbose=0).argmax(1)).mean() >= 0.9
+
+
+def test_weights_only_mlp_exports_every_kernel_as_cdl_indices():
+    """Dense ReLU layers feeding Dense ReLU layers get calibrated int8 ranges (weights-only CDL)."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 1))
+    x = keras.layers.Flatten(name="flat")(inp)
+    x = keras.layers.Dense(16, activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(8, activation="relu", name="fc2")(x)
+    qm = cdl_tf.quantize_model(keras.Model(inp, keras.layers.Dense(3, name="logits")(x)),
+                               cdl_tf.CDLConfig(quantize_activations=False, first_layer_bits=None))
+    x = (np.random.RandomState(6).randint(0, 256, (64, 6, 6, 1)) / 255.0).astype("float32")
+    qm(x, training=True)
+    graph = InferenceGraph(qm)
+    graph.calibrate([x])
+    assert {"quant_fc1", "quant_fc2", "quant_logits"} <= set(graph.ranges)
+    tm = TFLiteModel(to_tflite(graph, "int8", (6, 6, 1)))
+    indices = cdl_tf.hard_indices(qm)
+    for layer in ("fc1", "fc2", "logits"):
+        np.testing.assert_array_equal(_tflite_weight(tm, f"quant_{layer}")["value"], indices[f"quant_{layer}/kernel"].T)
+    assert (tm.predict(x).argmax(1) == qm.predict(x, verbose=0).argmax(1)).mean() >= 0.9

@@ -182,7 +182,8 @@ class InferenceGraph:
         fusable = isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D,
                                      keras.layers.Add, keras.layers.BatchNormalization))
         if fusable and name not in self.output_names and len(consumers) == 1 and (
-            isinstance(consumers[0], keras.layers.ReLU) or _act_name(consumers[0]) in _RELU_NAMES
+            isinstance(consumers[0], keras.layers.ReLU)
+            or (isinstance(consumers[0], keras.layers.Activation) and _act_name(consumers[0]) in _RELU_NAMES)
         ):
             return False  # fused with the following ReLU
         return True
