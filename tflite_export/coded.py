@@ -25,6 +25,7 @@ import tf_keras as keras
 
 from cdl_tf.coding import QuantizedTensor, index_entropy_bits
 from cdl_tf.quantize import quantizers
+from tflite_export.graph import batchnorm_affine
 
 _TRAINING_ONLY = ("_log_kappa", "_log_alpha", "_step", "_rate_weight", "_initialized", "optimizer_step")
 
@@ -86,9 +87,8 @@ def coded_tensors(model) -> Dict[str, object]:
     kernels, log_qs, _ = _classify(model)
     out: Dict[str, object] = {}
     for bn in _affine_batchnorms(model):
-        scale = bn.gamma.numpy().astype(np.float64) / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
-        out[f"{bn.name}/scale"] = scale.astype(np.float32)
-        out[f"{bn.name}/shift"] = (bn.beta.numpy() - bn.moving_mean.numpy() * scale).astype(np.float32)
+        scale, shift = batchnorm_affine(bn)
+        out[f"{bn.name}/scale"], out[f"{bn.name}/shift"] = scale.astype(np.float32), shift.astype(np.float32)
     for name, v in _stored_variables(model, log_qs).items():
         if id(v) in kernels:
             quantizer, variables = kernels[id(v)]

@@ -60,6 +60,19 @@ def _activation_fn(name: Optional[str]) -> Callable:
     return table[name]
 
 
+def batchnorm_affine(bn: keras.layers.BatchNormalization) -> Tuple[np.ndarray, np.ndarray]:
+    """Inference map ``y = scale x + shift`` of a BatchNormalization layer, in float64.
+
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale`` (``gamma = 1`` and
+    ``beta = 0`` for layers without them).
+    """
+    mean = bn.moving_mean.numpy().astype(np.float64)
+    gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(mean)
+    beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
+    return scale, beta - mean * scale
+
+
 def _act_name(layer) -> Optional[str]:
     act = getattr(layer, "activation", None)
     return None if act is None else getattr(act, "__name__", None)
@@ -150,12 +163,8 @@ class InferenceGraph:
                 bias = inner.bias.numpy().astype(np.float64)
             scale = None
             if name in fold_of:
-                bn = self.layer(fold_of[name])
-                gamma = bn.gamma.numpy() if bn.scale else np.ones(bn.moving_mean.shape)
-                beta = bn.beta.numpy() if bn.center else np.zeros(bn.moving_mean.shape)
-                scale = gamma.astype(np.float64) / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
-                mean = bn.moving_mean.numpy().astype(np.float64)
-                bias = ((0.0 if bias is None else bias) - mean) * scale + beta
+                scale, shift = batchnorm_affine(self.layer(fold_of[name]))
+                bias = (0.0 if bias is None else bias) * scale + shift
             self.weights[name] = WeightInfo(name, indices, q, quantizer.lo, quantizer.hi, scale)
             if bias is not None:
                 self.biases[name] = bias.astype(np.float32)
@@ -245,8 +254,8 @@ class InferenceGraph:
             if name in self.folded:
                 out = x  # already inside the weighted layer
             else:
-                scale = inner.gamma / tf.sqrt(inner.moving_variance + inner.epsilon)
-                out = x * tf.constant(scale.numpy()) + tf.constant((inner.beta - inner.moving_mean * scale).numpy())
+                scale, shift = batchnorm_affine(inner)
+                out = x * tf.constant(scale, tf.float32) + tf.constant(shift, tf.float32)
         elif isinstance(inner, keras.layers.ReLU):
             out = tf.nn.relu(x) if inner.max_value is None else tf.clip_by_value(x, 0.0, float(inner.max_value))
         elif isinstance(inner, keras.layers.Activation):
