@@ -53,3 +53,50 @@ def base_config() -> ml_collections.ConfigDict:
     c.split_at = ""  # an activation site (layer name): report the coded bits of its activation per example
     c.verbose = 2
     return c
+
+
+def small_weights(c: ml_collections.ConfigDict, *, lambda_w: float, weight_init_step_scale: float,
+                  learning_rate: float, weight_decay: float, epochs: int = 20) -> ml_collections.ConfigDict:
+    """R-CDL on the weights only: the smallest coded file at a given error.
+
+    Fine-tunes a float run (`--config.init_from`). The weights start on a grid
+    `weight_init_step_scale` times LSQ's, kappa anneals 4 -> 32 (fixed otherwise), the rate
+    weight ramps in over the first epoch; biases are quantized too; activations stay 8-bit
+    (calibrated at export, not coded).
+    """
+    c.mode = "rcdl"
+    c.epochs = epochs
+    c.optimizer.learning_rate = learning_rate
+    c.optimizer.weight_decay = weight_decay
+    c.rate_warmup_epochs = 1
+    c.cdl.train_softness = False
+    c.cdl.init_kappa = 4.0
+    c.final_kappa = 32.0
+    c.cdl.weight_init_step_scale = weight_init_step_scale
+    c.cdl.quantize_biases = True
+    c.cdl.quantize_activations = False
+    c.cdl.lambda_w = lambda_w
+    c.cdl.lambda_a = 0.0
+    return c
+
+
+def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: float,
+               epochs: int = 5) -> ml_collections.ConfigDict:
+    """Continue a CDL run (`--config.init_from`, same quantization plan) on the `Q_u` forward it ships with.
+
+    Mode `ste` with the rate term kept at `lambda_w` and kappa fixed at 4 for its gradient:
+    closes the gap between the soft model trained so far and the hard model that is exported.
+    """
+    c.mode = "ste"
+    c.epochs = epochs
+    c.optimizer.learning_rate = learning_rate
+    c.rate_warmup_epochs = 0
+    c.final_kappa = 0.0
+    c.cdl.init_kappa = 4.0
+    c.cdl.lambda_w = lambda_w
+    return c
+
+
+def unknown_variant(variant: str, variants: tuple) -> ValueError:
+    """The error for a `--config=file.py:variant` the file does not define."""
+    return ValueError(f"unknown config variant {variant!r}; this config defines {variants}")

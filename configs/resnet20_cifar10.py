@@ -1,12 +1,17 @@
 """ResNet-20 on CIFAR-10 with CDL, a schedule a 2-core CPU can run.
 
 cdl-train --config=configs/resnet20_cifar10.py --workdir=/tmp/resnet20
+
+Variants (`--config=configs/resnet20_cifar10.py:VARIANT`):
+  float  the float model the CDL runs fine-tune (30 epochs).
 """
-from configs.common import base_config
+from configs import common
+
+VARIANTS = ("", "float")
 
 
-def get_config():
-    c = base_config()
+def get_config(variant: str = ""):
+    c = common.base_config()
     c.model = "resnet20"
     c.dataset = "cifar10"
     c.epochs = 20
@@ -21,4 +26,9 @@ def get_config():
     c.cdl.lambda_w = 0.01
     c.cdl.lambda_a = 0.002
     c.rate_warmup_epochs = 3
+    if variant not in VARIANTS:
+        raise common.unknown_variant(variant, VARIANTS)
+    if variant == "float":
+        c.mode = "float"
+        c.epochs = 30
     return c

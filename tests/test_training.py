@@ -14,8 +14,8 @@ from configs import lenet300_mnist, lenet5_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def small(config_module, data_dir, **overrides):
-    c = config_module.get_config()
+def small(config_module, data_dir, variant="", **overrides):
+    c = config_module.get_config(variant)
     c.data_dir = str(data_dir)
     c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 1024, 500, 1, 128, 0
     c.bn_reestimate_steps = 2
@@ -134,6 +134,23 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="needs a CDL mode"):
         float_mode = small(lenet300_mnist, data_dir, mode="float", init_from=str(tmp_path / "rcdl"))
         build_model(float_mode, validate_config(float_mode))
+
+
+def test_config_variants_chain_float_small_hard(tmp_path, data_dir):
+    from cdl_tf.quantize import quantizers
+    from cdl_tf.training import build_model
+
+    with pytest.raises(ValueError, match="unknown config variant 'tiny'.*small_hard"):
+        lenet300_mnist.get_config("tiny")
+    previous = ""
+    for variant in ("float", "small", "small_hard"):
+        c = small(lenet300_mnist, data_dir, variant=variant, init_from=previous)
+        metrics = train_and_evaluate(c, str(tmp_path / variant))
+        assert metrics["mode"] == {"float": "float", "small": "rcdl", "small_hard": "ste"}[variant]
+        previous = str(tmp_path / variant)
+    model = build_model(c, validate_config(c))
+    assert {q.kind for _, q, _ in quantizers(model)} == {"weight"}  # activations stay int8, not coded
+    assert metrics["bits_per_activation"] is None and 0 < metrics["bits_per_weight"] < 4
 
 
 def test_batchnorm_model_trains_and_reestimates(tmp_path, data_dir):
