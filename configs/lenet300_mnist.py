@@ -28,8 +28,8 @@ def get_config(variant: str = ""):
         c.mode = "float"
         c.epochs = 12
     elif variant:
-        common.small_weights(c, lambda_w=0.3, weight_init_step_scale=2.0, learning_rate=3e-4, weight_decay=1e-4)
+        common.small_weights(c, lambda_w=0.2, weight_init_step_scale=2.0, learning_rate=3e-4, weight_decay=1e-4)
         c.cdl.first_layer_bits = 0  # the first layer holds 88% of the weights
         if variant == "small_hard":
-            common.hard_phase(c, lambda_w=0.3, learning_rate=1e-4)
+            common.hard_phase(c, lambda_w=0.2, learning_rate=1e-4)
     return c

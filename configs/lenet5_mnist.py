@@ -30,8 +30,8 @@ def get_config(variant: str = ""):
         c.mode = "float"
         c.epochs = 12
     elif variant:
-        common.small_weights(c, lambda_w=0.5, weight_init_step_scale=3.0, learning_rate=1e-3, weight_decay=0.0)
+        common.small_weights(c, lambda_w=0.5, weight_init_step_scale=3.0, learning_rate=3e-4, weight_decay=1e-4)
         c.cdl.last_layer_bits = 0  # the 500 x 10 classifier at 4 bits too
         if variant == "small_hard":
-            common.hard_phase(c, lambda_w=1.0, learning_rate=3e-4)
+            common.hard_phase(c, lambda_w=1.5, learning_rate=3e-4)
     return c
