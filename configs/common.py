@@ -1,4 +1,6 @@
 """Defaults shared by every experiment config; each config overrides what it needs."""
+from typing import Any, Dict
+
 import ml_collections
 
 
@@ -97,6 +99,32 @@ def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: 
     return c
 
 
-def unknown_variant(variant: str, variants: tuple) -> ValueError:
-    """The error for a `--config=file.py:variant` the file does not define."""
-    return ValueError(f"unknown config variant {variant!r}; this config defines {variants}")
+RECIPE_VARIANTS = ("", "float", "small", "small_hard")
+
+
+def check_variant(variant: str, variants: tuple) -> None:
+    """Reject a `--config=file.py:variant` the file does not define."""
+    if variant not in variants:
+        raise ValueError(f"unknown config variant {variant!r}; this config defines {variants}")
+
+
+def small_model_recipe(c: ml_collections.ConfigDict, variant: str, *, small: Dict[str, Any],
+                       hard: Dict[str, Any], cdl: Dict[str, Any]) -> ml_collections.ConfigDict:
+    """The config of one run of the three-run recipe behind our smallest models.
+
+    `--config=configs/X.py:VARIANT`, run in this order:
+      float       the float model the others fine-tune (12 epochs);
+      small       `small_weights(**small)` with the `cdl` fields, `--config.init_from=<float run>`;
+      small_hard  `hard_phase(**hard)` of it, `--config.init_from=<small run>`.
+    '' is the file's own config.
+    """
+    check_variant(variant, RECIPE_VARIANTS)
+    if variant == "float":
+        c.mode = "float"
+        c.epochs = 12
+    elif variant:
+        small_weights(c, **small)
+        c.cdl.update(cdl)
+        if variant == "small_hard":
+            hard_phase(c, **hard)
+    return c

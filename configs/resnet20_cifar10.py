@@ -26,8 +26,7 @@ def get_config(variant: str = ""):
     c.cdl.lambda_w = 0.01
     c.cdl.lambda_a = 0.002
     c.rate_warmup_epochs = 3
-    if variant not in VARIANTS:
-        raise common.unknown_variant(variant, VARIANTS)
+    common.check_variant(variant, VARIANTS)
     if variant == "float":
         c.mode = "float"
         c.epochs = 30
