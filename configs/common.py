@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def small_weights(c: ml_collections.ConfigDict, *, lambda_w: float, weight_init_step_scale: float,
-                  learning_rate: float, weight_decay: float, epochs: int = 20) -> ml_collections.ConfigDict:
+                  learning_rate: float, weight_decay: float, epochs: int = 20) -> None:
     """R-CDL on the weights only: the smallest coded file at a given error.
 
     Fine-tunes a float run (`--config.init_from`). The weights start on a grid
@@ -79,11 +79,10 @@ def small_weights(c: ml_collections.ConfigDict, *, lambda_w: float, weight_init_
     c.cdl.quantize_activations = False
     c.cdl.lambda_w = lambda_w
     c.cdl.lambda_a = 0.0
-    return c
 
 
 def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: float,
-               epochs: int = 5) -> ml_collections.ConfigDict:
+               epochs: int = 5) -> None:
     """Continue a CDL run (`--config.init_from`, same quantization plan) on the `Q_u` forward it ships with.
 
     Mode `ste` with the rate term kept at `lambda_w` and kappa fixed at 4 for its gradient:
@@ -96,7 +95,6 @@ def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: 
     c.final_kappa = 0.0
     c.cdl.init_kappa = 4.0
     c.cdl.lambda_w = lambda_w
-    return c
 
 
 RECIPE_VARIANTS = ("", "float", "small", "small_hard")
