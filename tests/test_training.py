@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cdl_tf.training import ConfigError, evaluate_workdir, train_and_evaluate, validate_config
-from configs import lenet300_mnist, lenet5_mnist
+from configs import lenet300_mnist, lenet5_mnist, resnet20_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,6 +134,13 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="needs a CDL mode"):
         float_mode = small(lenet300_mnist, data_dir, mode="float", init_from=str(tmp_path / "rcdl"))
         build_model(float_mode, validate_config(float_mode))
+
+
+@pytest.mark.parametrize("module,variant", [(m, v) for m in (lenet5_mnist, lenet300_mnist)
+                                            for v in ("", "float", "small", "small_hard")]
+                         + [(resnet20_cifar10, ""), (resnet20_cifar10, "float")])
+def test_every_config_variant_validates(module, variant):
+    validate_config(module.get_config(variant))
 
 
 def test_config_variants_chain_float_small_hard(tmp_path, data_dir):
