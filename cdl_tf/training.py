@@ -147,6 +147,12 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
     if shapes != [tuple(w.shape) for w in qmodel.weights]:
         raise ConfigError(f"config.init_from: {path!r} is a CDL run with another quantization plan (layers, bits, "
                           "quantized biases or activations) than this config")
+    alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(source)}
+    changed = [f"{name} [{alphabets.get(name)} -> {(q.lo, q.hi)}]" for name, q, _ in quantizers(qmodel)
+               if alphabets.get(name) != (q.lo, q.hi)]
+    if changed:
+        raise ConfigError(f"config.init_from: {path!r} is a CDL run with other alphabets (bits) than this config: "
+                          f"{', '.join(changed)}; its steps q would not fit them, start from a float run instead")
     qmodel.set_weights(source.get_weights())
     for _, quantizer, variables in quantizers(qmodel):
         variables["rate_weight"].assign(quantizer.rate_weight)

@@ -131,6 +131,10 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
     other_plan.cdl.quantize_biases = True
     with pytest.raises(ConfigError, match="another quantization plan"):
         build_model(other_plan, validate_config(other_plan))
+    other_bits = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
+    other_bits.cdl.weight_bits = 2
+    with pytest.raises(ConfigError, match=r"other alphabets .*quant_fc2/kernel \[\(-7, 7\) -> \(-1, 1\)\]"):
+        build_model(other_bits, validate_config(other_bits))
     with pytest.raises(ConfigError, match="needs a CDL mode"):
         float_mode = small(lenet300_mnist, data_dir, mode="float", init_from=str(tmp_path / "rcdl"))
         build_model(float_mode, validate_config(float_mode))
