@@ -145,7 +145,7 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
     """Copy ``source``'s weights and quantizer state; rate weights and softness from ``cdl_config``."""
     shapes = [tuple(w.shape) for w in source.weights]
     if shapes != [tuple(w.shape) for w in qmodel.weights]:
-        raise ConfigError(f"config.init_from: {path!r} is a CDL run with another quantization plan (layers, bits, "
+        raise ConfigError(f"config.init_from: {path!r} is a CDL run with another quantization plan (layers, "
                           "quantized biases or activations) than this config")
     alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(source)}
     changed = [f"{name} [{alphabets.get(name)} -> {(q.lo, q.hi)}]" for name, q, _ in quantizers(qmodel)
