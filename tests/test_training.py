@@ -179,10 +179,11 @@ def test_killed_run_resumes_from_its_backup(tmp_path, data_dir):
             "--config.test_subset=256", "--config.epochs=4", "--config.verbose=2"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Kill it hard once the first epoch's backup exists.
+    # Kill it hard once the first epoch's backup is complete: the checkpoint manager writes its
+    # `checkpoint` state file (which a restart reads) after the data and index files.
     deadline = time.time() + 240
     backup = workdir / "backup"
-    while time.time() < deadline and not (backup.exists() and any(backup.rglob("*.index"))):
+    while time.time() < deadline and not (backup.exists() and any(backup.rglob("checkpoint"))):
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.2)
     assert backup.exists(), "no backup was written"
