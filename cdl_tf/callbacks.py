@@ -8,8 +8,14 @@ from typing import Callable
 import tensorflow as tf
 import tf_keras as keras
 
+from cdl_tf.distillation import Distiller
 from cdl_tf.quantize import quantizers
 from cdl_tf.report import rate_report
+
+
+def _trained_model(model: keras.Model) -> keras.Model:
+    """The model whose quantizers a callback acts on: the fitted model, or a `Distiller`'s student."""
+    return model.student if isinstance(model, Distiller) else model
 
 
 class RateSchedule(keras.callbacks.Callback):
@@ -31,7 +37,7 @@ class RateSchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         m = float(self.multiplier(epoch))
-        for _, quantizer, variables in quantizers(self.model):
+        for _, quantizer, variables in quantizers(_trained_model(self.model)):
             variables["rate_weight"].assign(quantizer.rate_weight * m)
 
 
@@ -55,7 +61,7 @@ class SoftnessSchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         log_kappa = math.log(self.kappa(epoch))
-        for name, quantizer, variables in quantizers(self.model):
+        for name, quantizer, variables in quantizers(_trained_model(self.model)):
             if quantizer.softness_param != "kappa" or quantizer.train_softness:
                 raise ValueError(f"{name}: SoftnessSchedule needs softness_param='kappa' and train_softness=False")
             variables["log_softness"].assign(log_kappa)
@@ -72,7 +78,7 @@ class RateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "rates"))
-        report = rate_report(self.model)
+        report = rate_report(_trained_model(self.model))
         with self._writer.as_default(step=epoch):
             for t in report.tensors:
                 tf.summary.scalar(f"q/{t.name}", t.q)

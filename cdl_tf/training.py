@@ -11,6 +11,7 @@ A run lives in a work directory:
                        parameter counts, times
     workers/<id>/      outputs of a non-chief worker of a multi-worker run (a copy of the chief's)
 
+`config.distill.teacher` names a finished run whose model teaches this one (`cdl_tf.distillation`).
 `config.strategy` chooses the `tf.distribute` strategy (`cdl_tf.distribute`); batches
 are global batches, which Keras splits across the replicas.
 """
@@ -33,6 +34,7 @@ from cdl_tf.batchnorm import reestimate_batchnorm
 from cdl_tf.callbacks import RateLogger, RateSchedule, SoftnessSchedule
 from cdl_tf.communication import activation_site, communication_report, write_summaries
 from cdl_tf.config import CDLConfig
+from cdl_tf.distillation import Distiller
 from cdl_tf.distribute import STRATEGIES, initialize_quantizers, make_strategy
 from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import quantize_model, quantize_scope, quantizers
@@ -85,6 +87,16 @@ def validate_config(config) -> CDLConfig:
     _require("mode" not in c.cdl, "cdl.mode", "the training mode is config.mode")
     _require(not c.init_from or os.path.isfile(os.path.join(c.init_from, "model.keras")), "init_from",
              f"{c.init_from!r} holds no model.keras")
+    distill = c.get("distill")  # absent from configs of older runs
+    if distill and distill.teacher:
+        _require(_is_run(distill.teacher), "distill.teacher", f"{distill.teacher!r} is not a finished run "
+                 "(no config.json and model.keras)")
+        _require(0 < distill.weight <= 1, "distill.weight", f"must be in (0, 1], got {distill.weight!r}")
+        _require(distill.temperature > 0, "distill.temperature", f"must be > 0, got {distill.temperature!r}")
+        with open(os.path.join(distill.teacher, "config.json")) as f:
+            teacher = json.load(f)
+        _require(teacher["dataset"] == c.dataset, "distill.teacher",
+                 f"the teacher was trained on {teacher['dataset']!r}, this run on {c.dataset!r}")
     try:
         fields = c.cdl.to_dict()
         for key in ("first_layer_bits", "last_layer_bits"):  # 0: same bits as the other layers
@@ -162,6 +174,22 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
         variables["log_softness"].assign(log_softness)
 
 
+def _with_teacher(model: keras.Model, config, x: np.ndarray) -> keras.Model:
+    """``model``, or a `Distiller` of it if the config names a teacher run (built on the batch ``x``)."""
+    distill = config.get("distill")
+    if not (distill and distill.teacher):
+        return model
+    _, teacher = load_run(distill.teacher)
+    distiller = Distiller(model, teacher, distill.weight, distill.temperature)
+    distiller(x, training=False)  # `BackupAndRestore` needs a built model
+    return distiller
+
+
+def _compile_args() -> Dict[str, Any]:
+    return dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
 def _datasets(config, drop_remainder: bool = False):
     data_dir = config.data_dir or None
     train = cdl_data.make_dataset(
@@ -217,11 +245,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     steps_per_epoch = int(train.cardinality())
     with strategy.scope():
         model = build_model(config, cdl_config)
-        model.compile(
-            optimizer=_optimizer(config, steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+        fitted = _with_teacher(model, config, _first_batch(train, config.batch_size))
+        fitted.compile(optimizer=_optimizer(config, steps_per_epoch), **_compile_args())
     _check_split_at(model, config)
     if config.strategy != "default":
         initialize_quantizers(model, strategy, _first_batch(train, config.batch_size))
@@ -234,11 +259,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(outdir, "tensorboard"))]
         if config.get("final_kappa", 0.0):
             callbacks.append(SoftnessSchedule(config.cdl.init_kappa, config.final_kappa, config.epochs))
-    history = model.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
-    if model.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
+    history = fitted.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
+    if fitted.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise FloatingPointError("training stopped on a NaN loss; lower the learning rate or the lambdas")
     train_time = time.time() - start
     with strategy.scope():
+        if fitted is not model:
+            model.compile(**_compile_args())
         if config.mode in CDL_MODES and config.bn_reestimate_steps:
             reestimate_batchnorm(model, train, steps=config.bn_reestimate_steps)
         model.save(os.path.join(outdir, "model.keras"))
@@ -281,23 +308,34 @@ def evaluate(model, config, test) -> Dict[str, Any]:
     return metrics
 
 
-def evaluate_workdir(workdir: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Re-evaluate the saved model of a finished run on its test set."""
+def _is_run(workdir: str) -> bool:
+    return all(os.path.isfile(os.path.join(workdir, f)) for f in ("config.json", "model.keras"))
+
+
+def load_run(workdir: str):
+    """``(config, model)`` of a finished run: the architecture from its config, the weights from its file.
+
+    TF-MOT's 8-bit models do not reload through `load_model`, so the model is rebuilt.
+    """
     import ml_collections
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir!r} is not a run directory: no config.json")
-    with open(path) as f:
+    if not _is_run(workdir):
+        raise FileNotFoundError(f"{workdir!r} is not a finished run directory: no config.json and model.keras")
+    with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    if data_dir:
-        config.data_dir = data_dir
-    config.init_from = ""
-    # The architecture comes from the config and only the weights from the file: TF-MOT's
-    # 8-bit models do not reload through `load_model`.
+    config.init_from = ""  # the weights come from the run itself, not from where it started
+    if config.get("distill"):
+        config.distill.teacher = ""
     model = build_model(config, validate_config(config))
     model.load_weights(os.path.join(workdir, "model.keras"))
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return config, model
+
+
+def evaluate_workdir(workdir: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Re-evaluate the saved model of a finished run on its test set."""
+    config, model = load_run(workdir)
+    if data_dir:
+        config.data_dir = data_dir
+    model.compile(**_compile_args())
     _, test = _datasets(config)
     return evaluate(model, config, test)

@@ -50,6 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.rate_warmup_epochs = 0  # ramp lambda_w, lambda_a linearly over these epochs
     c.final_kappa = 0.0  # > 0: anneal kappa from cdl.init_kappa to this (needs cdl.train_softness=False)
 
+    c.distill = ml_collections.ConfigDict()  # knowledge distillation (cdl_tf.distillation)
+    c.distill.teacher = ""  # workdir of a finished run whose model is the teacher; '' -> no distillation
+    c.distill.weight = 0.5  # a: (1 - a) hard-label loss + a soft-label loss
+    c.distill.temperature = 4.0
+
     c.bn_reestimate_steps = 50  # batches used to re-estimate BatchNorm before evaluation
     c.strategy = "default"  # default | mirrored | multiworker | tpu
     c.split_at = ""  # an activation site (layer name): report the coded bits of its activation per example

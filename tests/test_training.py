@@ -197,3 +197,40 @@ def test_killed_run_resumes_from_its_backup(tmp_path, data_dir):
     assert 1 <= len(metrics["history"]["loss"]) < 4
     assert metrics["test_accuracy"] > 0.5
     assert not list(backup.rglob("*.index"))  # the backup is deleted once training finished
+
+
+def test_cdl_run_distilled_from_a_float_run(tmp_path, data_dir):
+    train_and_evaluate(small(lenet300_mnist, data_dir, mode="float"), str(tmp_path / "float"))
+    c = small(lenet300_mnist, data_dir, mode="cdl")
+    c.cdl.lambda_w = 0.05
+    c.distill.teacher, c.distill.weight = str(tmp_path / "float"), 0.7
+    metrics = train_and_evaluate(c, str(tmp_path / "cdl"))
+    assert 0.5 < metrics["test_accuracy"] <= 1.0 and 0 < metrics["bits_per_weight"] <= 8
+    assert "distillation_loss" in metrics["history"]
+    # The saved model is the student alone: it reloads and re-evaluates to the same figures.
+    again = evaluate_workdir(str(tmp_path / "cdl"))
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert json.loads((tmp_path / "cdl" / "config.json").read_text())["distill"]["weight"] == 0.7
+
+
+@pytest.mark.parametrize("override,field", [({"distill.teacher": "/nonexistent"}, "distill.teacher"),
+                                            ({"distill.weight": 0.0}, "distill.weight"),
+                                            ({"distill.temperature": -1.0}, "distill.temperature")])
+def test_distillation_config_is_validated(tmp_path, data_dir, override, field):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.keras").write_bytes(b"")
+    (teacher / "config.json").write_text(json.dumps({"dataset": "mnist"}))
+    c = small(lenet300_mnist, data_dir, **{"distill.teacher": str(teacher), **override})
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config(c)
+
+
+def test_teacher_of_another_dataset_is_rejected(tmp_path, data_dir):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.keras").write_bytes(b"")
+    (teacher / "config.json").write_text(json.dumps({"dataset": "cifar10"}))
+    c = small(lenet300_mnist, data_dir, **{"distill.teacher": str(teacher)})
+    with pytest.raises(ConfigError, match="trained on 'cifar10'"):
+        validate_config(c)
