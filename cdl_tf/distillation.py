@@ -46,7 +46,10 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        return [self._loss, self._soft_loss, *self.compiled_metrics.metrics]
+        """Ours, the compiled metrics and the student's layer metrics (e.g. bits per weight), not the
+        compiled hard-label loss tracker (our ``loss`` is the whole objective)."""
+        hard = self.compiled_loss.metrics if self.compiled_loss is not None else []
+        return [m for m in super().metrics if all(m is not h for h in hard)]
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
