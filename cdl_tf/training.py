@@ -174,14 +174,14 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
         variables["log_softness"].assign(log_softness)
 
 
-def _with_teacher(model: keras.Model, config, x: np.ndarray) -> keras.Model:
-    """``model``, or a `Distiller` of it if the config names a teacher run (built on the batch ``x``)."""
+def _with_teacher(model: keras.Model, config, train) -> keras.Model:
+    """``model``, or a `Distiller` of it if the config names a teacher run (built on a batch of ``train``)."""
     distill = config.get("distill")
     if not (distill and distill.teacher):
         return model
     _, teacher = load_run(distill.teacher)
     distiller = Distiller(model, teacher, distill.weight, distill.temperature)
-    distiller(x, training=False)  # `BackupAndRestore` needs a built model
+    distiller(_first_batch(train, config.batch_size), training=False)  # `BackupAndRestore` needs a built model
     return distiller
 
 
@@ -245,7 +245,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     steps_per_epoch = int(train.cardinality())
     with strategy.scope():
         model = build_model(config, cdl_config)
-        fitted = _with_teacher(model, config, _first_batch(train, config.batch_size))
+        fitted = _with_teacher(model, config, train)
         fitted.compile(optimizer=_optimizer(config, steps_per_epoch), **_compile_args())
     _check_split_at(model, config)
     if config.strategy != "default":
