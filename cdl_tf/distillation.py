@@ -16,10 +16,9 @@ import tf_keras as keras
 
 def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float) -> tf.Tensor:
     """``T^2 KL(softmax(t / T) || softmax(s / T))``, averaged over the batch."""
-    t = tf.nn.softmax(teacher_logits / temperature)
     log_t = tf.nn.log_softmax(teacher_logits / temperature)
     log_s = tf.nn.log_softmax(student_logits / temperature)
-    return temperature**2 * tf.reduce_mean(tf.reduce_sum(t * (log_t - log_s), axis=-1))
+    return temperature**2 * tf.reduce_mean(tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1))
 
 
 class Distiller(keras.Model):
@@ -31,8 +30,8 @@ class Distiller(keras.Model):
 
     def __init__(self, student: keras.Model, teacher: keras.Model, weight: float, temperature: float, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"distillation weight must be in [0, 1], got {weight}")
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"distillation weight must be in (0, 1], got {weight}")
         if temperature <= 0.0:
             raise ValueError(f"distillation temperature must be > 0, got {temperature}")
         if student.output_shape != teacher.output_shape:

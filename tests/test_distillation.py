@@ -43,8 +43,9 @@ def test_distiller_trains_only_the_student_towards_the_teacher():
 
 
 def test_distiller_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="weight"):
-        Distiller(_mlp(1), _mlp(0), weight=1.5, temperature=2.0)
+    for weight in (0.0, 1.5):
+        with pytest.raises(ValueError, match="weight"):
+            Distiller(_mlp(1), _mlp(0), weight=weight, temperature=2.0)
     with pytest.raises(ValueError, match="temperature"):
         Distiller(_mlp(1), _mlp(0), weight=0.5, temperature=0.0)
     wide = keras.Sequential([keras.layers.Dense(5, input_shape=(4,))])

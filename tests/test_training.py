@@ -202,9 +202,16 @@ def test_killed_run_resumes_from_its_backup(tmp_path, data_dir):
 def test_cdl_run_distilled_from_a_float_run(tmp_path, data_dir):
     train_and_evaluate(small(lenet300_mnist, data_dir, mode="float"), str(tmp_path / "float"))
     c = small(lenet300_mnist, data_dir, mode="cdl")
-    c.cdl.lambda_w = 0.05
+    c.cdl.lambda_w, c.rate_warmup_epochs = 0.05, 1
     c.distill.teacher, c.distill.weight = str(tmp_path / "float"), 0.7
     metrics = train_and_evaluate(c, str(tmp_path / "cdl"))
+    # The callbacks act on the student: the rate warm-up halved its weight rate terms in epoch 1 of 2.
+    from cdl_tf.quantize import quantizers
+    from cdl_tf.training import load_run
+
+    _, student = load_run(str(tmp_path / "cdl"))
+    weight_rates = [float(v["rate_weight"].numpy()) for _, q, v in quantizers(student) if q.kind == "weight"]
+    assert weight_rates and all(r == pytest.approx(0.025) for r in weight_rates)
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and 0 < metrics["bits_per_weight"] <= 8
     assert {"distillation_loss", "bits_per_weight", "val_bits_per_weight"} <= set(metrics["history"])
     # The saved model is the student alone: it reloads and re-evaluates to the same figures.
