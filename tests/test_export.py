@@ -62,6 +62,21 @@ def test_tflite_agrees_with_keras_hard_model(exported):
     assert acc["keras_q_u"] > 0.7  # one epoch on 3000 images; chance is 0.1
 
 
+def test_int8_model_on_other_kernel_sets(exported):
+    workdir, report = exported
+    other = export_workdir(str(workdir), str(workdir / "export_kernels"), kernels=("builtin", "reference"))
+    acc = other["accuracy"]
+    assert acc["tflite_int8"] == report["accuracy"]["tflite_int8"]  # the same model, converted again
+    for k in ("builtin", "reference"):
+        # LeNet-5's grids are coarse next to the kernels' rounding differences: the same few ties may flip.
+        assert acc[f"top1_agreement_{k}"] >= 0.99, acc
+        assert abs(acc[f"tflite_int8_{k}"] - acc["keras_q_u"]) <= 0.01, acc
+    with pytest.raises(ValueError, match="unknown kernel sets"):
+        export_workdir(str(workdir), str(workdir / "export_bad"), kernels=("xnnpack",))
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        TFLiteModel((workdir / "export" / "model.tflite").read_bytes(), kernels="gpu")
+
+
 def test_export_report_sizes(exported):
     workdir, report = exported
     saved = json.loads((workdir / "export" / "export.json").read_text())

@@ -5,7 +5,7 @@ from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tflite_export.graph import InferenceGraph
 
@@ -23,12 +23,28 @@ def to_tflite(graph: InferenceGraph, mode: str, input_shape, int8_io: bool = Fal
     return converter.convert()
 
 
-class TFLiteModel:
-    """A LiteRT interpreter over a ``.tflite`` flatbuffer, batching float inputs."""
+# LiteRT kernel sets: the default (XNNPACK delegate over the optimized builtin kernels), the
+# optimized builtin kernels alone, and the reference kernels. Their integer arithmetic differs
+# in requantization rounding, so a model's int8 outputs can differ between them.
+KERNELS = {
+    "default": OpResolverType.AUTO,
+    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    "reference": OpResolverType.BUILTIN_REF,
+}
 
-    def __init__(self, content: bytes, num_threads: int = 2):
+
+class TFLiteModel:
+    """A LiteRT interpreter over a ``.tflite`` flatbuffer, batching float inputs.
+
+    ``kernels`` names the kernel set (`KERNELS`) the interpreter runs.
+    """
+
+    def __init__(self, content: bytes, num_threads: int = 2, kernels: str = "default"):
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {sorted(KERNELS)}, got {kernels!r}")
         self.interpreter = Interpreter(model_content=content, num_threads=num_threads,
-                                       experimental_preserve_all_tensors=True)
+                                       experimental_preserve_all_tensors=True,
+                                       experimental_op_resolver_type=KERNELS[kernels])
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]

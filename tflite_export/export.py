@@ -4,13 +4,15 @@ cdl-export --workdir=/tmp/lenet5 [--out=/tmp/lenet5/export --int8_io]
 
 Writes ``model.tflite`` (full integer), ``model_float.tflite``, ``weights.cdlz`` (ANS)
 and ``export.json`` with sizes, bits per weight, accuracy of the Keras ``Q_u`` model
-and of the TFLite model on the test set, and their top-1 agreement.
+and of the TFLite model on the test set, and their top-1 agreement. ``--kernels=builtin,reference``
+also evaluates the int8 model on those LiteRT kernel sets (``tflite_int8_<kernels>``), whose
+requantization rounding differs from the default XNNPACK kernels.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -46,15 +48,22 @@ def _arrays(dataset, limit: int = 0):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8) -> Dict[str, Any]:
-    """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json``."""
+def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8,
+                   kernels: Sequence[str] = ()) -> Dict[str, Any]:
+    """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json``.
+
+    ``kernels``: LiteRT kernel sets besides the default on which the int8 model is also evaluated.
+    """
     from cdl_tf import coding
     from cdl_tf import data as cdl_data
     from cdl_tf.io import atomic_write_bytes, atomic_write_json
     from tflite_export.coded import apply_coded, coded_tensors, entropy_bound_bits
-    from tflite_export.convert import TFLiteModel, to_tflite
+    from tflite_export.convert import KERNELS, TFLiteModel, to_tflite
     from tflite_export.graph import InferenceGraph
 
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown:
+        raise ValueError(f"unknown kernel sets {unknown}; choose from {sorted(KERNELS)}")
     config, model = _load_run(workdir)
     tensors = coded_tensors(model)
     apply_coded(model, tensors)  # what is evaluated and converted is exactly what decodes
@@ -79,6 +88,15 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
 
     keras_pred = model.predict(x_test, batch_size=500, verbose=0).argmax(1)
     tflite_pred = TFLiteModel(int8).predict(x_test, batch_size=500).argmax(1)
+    accuracy = {
+        "keras_q_u": float((keras_pred == y_test).mean()),
+        "tflite_int8": float((tflite_pred == y_test).mean()),
+        "top1_agreement": float((keras_pred == tflite_pred).mean()),
+    }
+    for k in kernels:
+        pred = TFLiteModel(int8, kernels=k).predict(x_test, batch_size=500).argmax(1)
+        accuracy[f"tflite_int8_{k}"] = float((pred == y_test).mean())
+        accuracy[f"top1_agreement_{k}"] = float((keras_pred == pred).mean())
     quantized = [t for t in tensors.values() if isinstance(t, coding.QuantizedTensor)]
     n_weights = sum(t.indices.size for t in quantized)
     float_values = sum(np.asarray(t).size for t in tensors.values() if not isinstance(t, coding.QuantizedTensor))
@@ -104,11 +122,7 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
             "cdlz_ans_total": 8 * len(coded) / n_weights,
         },
         "test_examples": int(len(y_test)),
-        "accuracy": {
-            "keras_q_u": float((keras_pred == y_test).mean()),
-            "tflite_int8": float((tflite_pred == y_test).mean()),
-            "top1_agreement": float((keras_pred == tflite_pred).mean()),
-        },
+        "accuracy": accuracy,
         "int8_io": bool(int8_io),
     }
     atomic_write_json(os.path.join(out, "export.json"), report)
@@ -120,19 +134,23 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "", "Output directory (default: WORKDIR/export).")
     flags.DEFINE_bool("int8_io", False, "int8 input and output tensors instead of float.")
     flags.DEFINE_integer("calibration_batches", 8, "Training batches used to calibrate ranges.")
+    flags.DEFINE_list("kernels", [], "LiteRT kernel sets (builtin, reference) on which the int8 model is "
+                      "also evaluated, besides the default XNNPACK kernels.")
     flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
     del argv
     report = export_workdir(FLAGS.workdir, FLAGS.out or os.path.join(FLAGS.workdir, "export"), FLAGS.int8_io,
-                            FLAGS.calibration_batches)
+                            FLAGS.calibration_batches, FLAGS.kernels)
     b, a = report["bytes"], report["accuracy"]
     print(f"float TFLite {b['tflite_float']} B, int8 TFLite {b['tflite_int8']} B, "
           f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
           f"entropy bound {b['entropy_bound_quantized']:.0f} B")
     print(f"accuracy Keras Q_u {a['keras_q_u']:.4f}, TFLite int8 {a['tflite_int8']:.4f}, "
           f"agreement {a['top1_agreement']:.4f}")
+    for k in FLAGS.kernels:
+        print(f"TFLite int8 on the {k} kernels {a[f'tflite_int8_{k}']:.4f}, agreement {a[f'top1_agreement_{k}']:.4f}")
 
 
 def run():
