@@ -43,7 +43,6 @@ class TFLiteModel:
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {sorted(KERNELS)}, got {kernels!r}")
         self.interpreter = Interpreter(model_content=content, num_threads=num_threads,
-                                       experimental_preserve_all_tensors=True,
                                        experimental_op_resolver_type=KERNELS[kernels])
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
