@@ -4,7 +4,9 @@ cdl-export --workdir=/tmp/lenet5 [--out=/tmp/lenet5/export --int8_io]
 
 Writes ``model.tflite`` (full integer), ``model_float.tflite``, ``weights.cdlz`` (ANS)
 and ``export.json`` with sizes, bits per weight, accuracy of the Keras ``Q_u`` model
-and of the TFLite model on the test set, and their top-1 agreement. ``--kernels=builtin,reference``
+and of the TFLite model on the test set, and their top-1 agreement; ``tflite_float`` is the
+accuracy of ``model_float.tflite`` (the same weights, activations clipped to their grid
+ranges but not rounded), which tells what the activation grids cost. ``--kernels=builtin,reference``
 also evaluates the int8 model on those LiteRT kernel sets (``tflite_int8_<kernels>``), whose
 requantization rounding differs from the default XNNPACK kernels.
 """
@@ -88,10 +90,12 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
 
     keras_pred = model.predict(x_test, batch_size=500, verbose=0).argmax(1)
     tflite_pred = TFLiteModel(int8).predict(x_test, batch_size=500).argmax(1)
+    float_pred = TFLiteModel(float_model).predict(x_test, batch_size=500).argmax(1)
     accuracy = {
         "keras_q_u": float((keras_pred == y_test).mean()),
         "tflite_int8": float((tflite_pred == y_test).mean()),
         "top1_agreement": float((keras_pred == tflite_pred).mean()),
+        "tflite_float": float((float_pred == y_test).mean()),
     }
     for k in kernels:
         pred = TFLiteModel(int8, kernels=k).predict(x_test, batch_size=500).argmax(1)
@@ -148,7 +152,7 @@ def main(argv):
           f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
           f"entropy bound {b['entropy_bound_quantized']:.0f} B")
     print(f"accuracy Keras Q_u {a['keras_q_u']:.4f}, TFLite int8 {a['tflite_int8']:.4f}, "
-          f"agreement {a['top1_agreement']:.4f}")
+          f"agreement {a['top1_agreement']:.4f}; unrounded activations (model_float.tflite) {a['tflite_float']:.4f}")
     for k in FLAGS.kernels:
         print(f"TFLite int8 on the {k} kernels {a[f'tflite_int8_{k}']:.4f}, agreement {a[f'top1_agreement_{k}']:.4f}")
 
