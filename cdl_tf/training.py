@@ -127,7 +127,8 @@ def build_model(config, cdl_config: CDLConfig) -> keras.Model:
 
     ``init_from`` is a float run of the same model, or a CDL run (cdl, rcdl, ste) with the
     same quantization plan: then a CDL mode continues from its weights and steps ``q``, with
-    this config's rate weights and initial softness (e.g. a final hard-forward ``ste`` phase).
+    this config's rate weights and initial softness (e.g. a final hard-forward ``ste`` phase);
+    its alphabets may grow (more bits), not shrink.
     """
     info = cdl_data.dataset_info(config.dataset)
     model = cdl_models.get_model(config.model, info.input_shape, info.num_classes, config.optimizer.weight_decay)
@@ -159,12 +160,14 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
     if shapes != [tuple(w.shape) for w in qmodel.weights]:
         raise ConfigError(f"config.init_from: {path!r} is a CDL run with another quantization plan (layers, "
                           "quantized biases or activations) than this config")
+    # A larger alphabet keeps every point i q of the run's; a smaller one would clip its indices.
     alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(source)}
     changed = [f"{name} [{alphabets.get(name)} -> {(q.lo, q.hi)}]" for name, q, _ in quantizers(qmodel)
-               if alphabets.get(name) != (q.lo, q.hi)]
+               if name not in alphabets or not q.lo <= alphabets[name][0] <= alphabets[name][1] <= q.hi]
     if changed:
-        raise ConfigError(f"config.init_from: {path!r} is a CDL run with other alphabets (bits) than this config: "
-                          f"{', '.join(changed)}; its steps q would not fit them, start from a float run instead")
+        raise ConfigError(f"config.init_from: {path!r} is a CDL run with alphabets (bits) that this config's do not "
+                          f"contain: {', '.join(changed)}; continue with as many bits or more, or start from a "
+                          "float run")
     qmodel.set_weights(source.get_weights())
     for _, quantizer, variables in quantizers(qmodel):
         variables["rate_weight"].assign(quantizer.rate_weight)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import cdl_tf
 from cdl_tf.training import ConfigError, evaluate_workdir, train_and_evaluate, validate_config
 from configs import common, lenet300_mnist, lenet5_mnist, resnet20_cifar10
 
@@ -133,8 +134,24 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
         build_model(other_plan, validate_config(other_plan))
     other_bits = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
     other_bits.cdl.weight_bits = 2
-    with pytest.raises(ConfigError, match=r"other alphabets .*quant_fc2/kernel \[\(-7, 7\) -> \(-1, 1\)\]"):
+    with pytest.raises(ConfigError, match=r"do not contain: .*quant_fc2/kernel \[\(-7, 7\) -> \(-1, 1\)\]"):
         build_model(other_bits, validate_config(other_bits))
+    # More bits: the run's points i q are all on the larger grids; only values that the old
+    # alphabet clipped at its ends may now round to the new outer points.
+    more_bits = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
+    more_bits.cdl.weight_bits, more_bits.cdl.activation_bits = 5, 5
+    wider = build_model(more_bits, validate_config(more_bits))
+    alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(wider)}
+    assert alphabets["quant_fc2/kernel"] == (-15, 15)
+    assert any(hi == 31 for lo, hi in alphabets.values())  # a 5-bit activation site
+    old_alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(source)}
+    old_indices, new_indices = cdl_tf.hard_indices(source), cdl_tf.hard_indices(wider)
+    for name, old in old_indices.items():
+        inner = (old > old_alphabets[name][0]) & (old < old_alphabets[name][1])
+        assert inner.mean() > 0.5, name
+        np.testing.assert_array_equal(new_indices[name][inner], old[inner], err_msg=name)
+    for name, _, v in quantizers(wider):
+        assert float(v["log_q"].numpy()) == steps[name], name
     with pytest.raises(ConfigError, match="needs a CDL mode"):
         float_mode = small(lenet300_mnist, data_dir, mode="float", init_from=str(tmp_path / "rcdl"))
         build_model(float_mode, validate_config(float_mode))
