@@ -170,24 +170,6 @@ def _done(workdir: str) -> bool:
 
 # -- baselines converted by the TFLite converter -------------------------------------------
 
-def _test_arrays(config) -> Tuple[np.ndarray, np.ndarray]:
-    """The test set the exporter evaluates on (``config.test_subset``)."""
-    from cdl_tf import data as cdl_data
-
-    ds = cdl_data.make_dataset(config.dataset, "test", 500, data_dir=config.data_dir or None, training=False,
-                               subset=config.test_subset or None)
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _calibration_batches(config, batches: int = 8) -> List[np.ndarray]:
-    from cdl_tf import data as cdl_data
-
-    ds = cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=config.data_dir or None,
-                               training=False, seed=config.seed)
-    return [x.numpy() for x, _ in ds.take(batches)]
-
-
 def convert_int8(model, input_shape: Sequence[int], representative: Optional[List[np.ndarray]] = None) -> bytes:
     """TFLite int8 model of a Keras model: a TF-MOT QAT model as is, a float one calibrated on
     ``representative`` batches (post-training full-integer quantization). Inputs and outputs stay float."""
@@ -299,8 +281,9 @@ def _load_model(config, workdir: str):
 def _code_int8(config, content: bytes, workdir: str, convert_time: float, **extra) -> Dict[str, Any]:
     """Code and evaluate an int8 TFLite model into ``workdir/export``; returns ``export.json``."""
     from cdl_tf.io import atomic_write_json
+    from tflite_export.export import eval_arrays
 
-    x_test, y_test = _test_arrays(config)
+    x_test, y_test = eval_arrays(config)
     report = code_tflite(content, os.path.join(workdir, "export"), x_test, y_test)
     report.update(workdir=os.path.abspath(workdir), convert_time_s=convert_time, **extra)
     atomic_write_json(os.path.join(workdir, "export", "export.json"), report)
@@ -322,6 +305,7 @@ def _run_ptq8(config, workdir: str, float_workdir: str) -> None:
     """Post-training int8 of the float run's model; ``metrics.json`` holds its TFLite accuracy."""
     from cdl_tf import data as cdl_data
     from cdl_tf.io import atomic_write_json
+    from tflite_export.export import calibration_data
 
     if not os.path.isfile(os.path.join(float_workdir, "model.keras")):
         raise BenchmarkError(f"ptq8 needs the float run's model: {float_workdir}/model.keras is missing")
@@ -329,7 +313,7 @@ def _run_ptq8(config, workdir: str, float_workdir: str) -> None:
     atomic_write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
     start = time.time()
     content = convert_int8(_load_model(config, float_workdir), cdl_data.dataset_info(config.dataset).input_shape,
-                           _calibration_batches(config))
+                           calibration_data(config))
     convert_time = time.time() - start
     source = os.path.abspath(float_workdir)
     accuracy = _code_int8(config, content, workdir, convert_time, source=source)["accuracy"]["tflite_int8"]

@@ -1,6 +1,7 @@
 """Config validation, short real-data training in every mode, resume, metrics.json."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,6 +236,12 @@ def test_cdl_run_distilled_from_a_float_run(tmp_path, data_dir):
     again = evaluate_workdir(str(tmp_path / "cdl"))
     assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert json.loads((tmp_path / "cdl" / "config.json").read_text())["distill"]["weight"] == 0.7
+    # The student exports on its own, also once its teacher's run is gone.
+    from tflite_export.export import export_workdir
+
+    shutil.rmtree(tmp_path / "float")
+    report = export_workdir(str(tmp_path / "cdl"), str(tmp_path / "cdl" / "export"))
+    assert report["accuracy"]["keras_q_u"] == pytest.approx(metrics["test_accuracy"])
 
 
 @pytest.mark.parametrize("override,field", [({"distill.teacher": "/nonexistent"}, "distill.teacher"),

@@ -12,7 +12,6 @@ requantization rounding differs from the default XNNPACK kernels.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Sequence
 
@@ -23,31 +22,31 @@ FLAGS = flags.FLAGS
 
 
 def _load_run(workdir: str):
-    import ml_collections
-    import tf_keras as keras
+    from cdl_tf.training import load_run
 
-    from cdl_tf.quantize import quantize_scope
-    from cdl_tf.training import validate_config
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config.init_from = ""
-    validate_config(config)
+    config, model = load_run(workdir)
     if config.mode not in ("cdl", "rcdl", "ste"):
         raise ValueError(f"run {workdir!r} is a {config.mode} run; only CDL runs export to the CDL grid")
-    with quantize_scope():
-        model = keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False)
     return config, model
 
 
-def _arrays(dataset, limit: int = 0):
-    xs, ys = [], []
-    for x, y in dataset:
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-        if limit and len(xs) >= limit:
-            break
+def eval_arrays(config) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the test set a run is evaluated on (``config.test_subset``)."""
+    from cdl_tf import data as cdl_data
+
+    ds = cdl_data.make_dataset(config.dataset, "test", 500, data_dir=config.data_dir or None, training=False,
+                               subset=config.test_subset or None)
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def calibration_data(config, batches: int = 8) -> list[np.ndarray]:
+    """The first ``batches`` unaugmented training batches, which set the int8 activation ranges."""
+    from cdl_tf import data as cdl_data
+
+    ds = cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=config.data_dir or None,
+                               training=False, seed=config.seed)
+    return [x.numpy() for x, _ in ds.take(batches)]
 
 
 def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8,
@@ -70,13 +69,9 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     tensors = coded_tensors(model)
     apply_coded(model, tensors)  # what is evaluated and converted is exactly what decodes
     info = cdl_data.dataset_info(config.dataset)
-    data_dir = config.data_dir or None
-    calib, _ = _arrays(cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=data_dir,
-                                            training=False, seed=config.seed), calibration_batches)
-    x_test, y_test = _arrays(cdl_data.make_dataset(config.dataset, "test", 500, data_dir=data_dir, training=False,
-                                                   subset=config.test_subset or None))
+    x_test, y_test = eval_arrays(config)
     graph = InferenceGraph(model)
-    graph.calibrate([calib[i : i + config.batch_size] for i in range(0, len(calib), config.batch_size)])
+    graph.calibrate(calibration_data(config, calibration_batches))
     int8 = to_tflite(graph, "int8", info.input_shape, int8_io=int8_io)
     float_model = to_tflite(graph, "float", info.input_shape)
     metadata = {"ranges": {k: list(v) for k, v in graph.ranges.items()}, "model": config.model,
