@@ -1,6 +1,7 @@
 """Compression benchmark: CDL and R-CDL sweeps against float, 8-bit and uniform-QAT baselines.
 
-All points share the base config's model, data, schedule and seed. Methods:
+All points share the base config's model, data and schedule, and its seed unless the sweep
+names seeds: then every point runs once per seed. Methods:
 
 - ``float``: the float model (size: float32 weights);
 - ``tfmot8``: TF-MOT's default 8-bit QAT, converted to TFLite int8;
@@ -9,18 +10,22 @@ All points share the base config's model, data, schedule and seed. Methods:
 - ``cdl``, ``rcdl``: every bit width x ``lambda_w`` x ``lambda_a``.
 
 Each point is a run directory under the output directory, named from its settings
-(``float``, ``ptq8``, ``ste_w4a4``, ``cdl_w4a4_lw0.02_la0.005``, ...), holding ``metrics.json``
-and ``export/export.json``. A point whose directory holds both is read, not rerun, so a sweep
+(``float``, ``ptq8``, ``ste_w4a4``, ``cdl_w4a4_lw0.02_la0.005``, ``cdl_w4a4_lw0.02_la0.005_seed1``, ...),
+holding ``metrics.json`` and ``export/export.json``. A point whose directory holds both is read, not rerun, so a sweep
 resumes where it stopped and runs made with ``cdl-train`` + ``cdl-export`` are reused.
 
 Sizes: CDL and ``ste`` points go through `tflite_export.export.export_workdir`; their size is
 the ``.cdlz`` file (ANS-coded indices plus float tensors) and their accuracy that of the int8
 TFLite model. The int8 weight tensors of the ``tfmot8`` and ``ptq8`` TFLite models are coded
 the same way, each with its own PMF, plus their other constant tensors as float32.
+
+Rows of one point under several seeds share a ``group``; ``results["summary"]`` holds their
+means and spreads (`cdl_tf.aggregate`), which the plots draw.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -28,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cdl_tf.aggregate import summarize
 from cdl_tf.plots import KB, plot_results, published_points
 
 METHODS = ("float", "tfmot8", "ptq8", "ste", "cdl", "rcdl")
@@ -42,17 +48,19 @@ class BenchmarkError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One run of a sweep; bits are ``None`` for the float and 8-bit baselines."""
+    """One run of a sweep; bits are ``None`` for the float and 8-bit baselines, ``seed`` ``None``
+    for the base config's seed."""
 
     method: str
     weight_bits: Optional[int] = None
     activation_bits: Optional[int] = None
     lambda_w: float = 0.0
     lambda_a: float = 0.0
+    seed: Optional[int] = None
 
     @property
-    def name(self) -> str:
-        """Directory name of the point, e.g. ``cdl_w4a4_lw0.02_la0.005``."""
+    def group(self) -> str:
+        """Name of the point whatever its seed, e.g. ``cdl_w4a4_lw0.02_la0.005``."""
         if self.method in ("float", "tfmot8", "ptq8"):
             return self.method
         name = f"{self.method}_w{self.weight_bits}a{self.activation_bits}"
@@ -60,12 +68,18 @@ class Point:
             return name
         return f"{name}_lw{self.lambda_w:g}_la{self.lambda_a:g}"
 
+    @property
+    def name(self) -> str:
+        """Directory name of the point: its group, then ``_seed<n>`` if it names a seed."""
+        return self.group if self.seed is None else f"{self.group}_seed{self.seed}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """Bit widths and rate weights swept for ``cdl``/``rcdl``; ``ste`` runs at every bit width.
 
-    ``activation_bits=0`` quantizes activations at the weights' bit width.
+    ``activation_bits=0`` quantizes activations at the weights' bit width. ``seeds``: every
+    point runs once per seed (empty: once, with the base config's seed).
     """
 
     bits: Tuple[int, ...] = (2, 4, 8)
@@ -73,6 +87,7 @@ class Sweep:
     lambda_a: Tuple[float, ...] = (0.005,)
     activation_bits: int = 0
     methods: Tuple[str, ...] = METHODS
+    seeds: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -87,9 +102,12 @@ class Sweep:
             raise BenchmarkError(f"bit widths must be in [1, 8], got {self.bits}, activations {self.activation_bits}")
         if any(v < 0 for v in (*self.lambda_w, *self.lambda_a)):
             raise BenchmarkError("lambdas must be >= 0")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise BenchmarkError(f"seeds must be distinct and >= 0, got {self.seeds}")
 
     def points(self) -> List[Point]:
-        """Points in run order: baselines first (``ptq8`` after ``float``), then the sweeps."""
+        """Points in run order: baselines first (``ptq8`` after ``float``), then the sweeps; each
+        point under every seed in turn."""
         out = [Point(m) for m in ("float", "tfmot8", "ptq8") if m in self.methods]
         for b in self.bits:
             a = self.activation_bits or b
@@ -98,7 +116,7 @@ class Sweep:
             for method in ("cdl", "rcdl"):
                 if method in self.methods:
                     out += [Point(method, b, a, lw, la) for lw in self.lambda_w for la in self.lambda_a]
-        return out
+        return [dataclasses.replace(p, seed=s) for p in out for s in (self.seeds or (None,))]
 
 
 QUICK_SWEEP = Sweep(bits=(4,), lambda_w=(0.01, 0.05), lambda_a=(0.005,))
@@ -123,6 +141,8 @@ def point_config(config, point: Point):
     c = config.copy_and_resolve_references()
     c.init_from = ""
     c.mode = "float" if point.method == "ptq8" else point.method
+    if point.seed is not None:
+        c.seed = point.seed
     if point.weight_bits is not None:
         c.cdl.weight_bits = point.weight_bits
         c.cdl.activation_bits = point.activation_bits
@@ -358,10 +378,10 @@ def run_point(config, point: Point, outdir: str, reference_bytes: Optional[int] 
         elif point.method == "tfmot8":
             _run_tfmot8(pc, workdir)
         elif point.method == "ptq8":
-            _run_ptq8(pc, workdir, os.path.join(outdir, Point("float").name))
+            _run_ptq8(pc, workdir, os.path.join(outdir, Point("float", seed=point.seed).name))
         else:
             _run_cdl(pc, workdir)
-    return result_row(point, workdir, reference_bytes)
+    return {**result_row(point, workdir, reference_bytes), "group": point.group}
 
 
 def float32_bytes(config) -> int:
@@ -380,6 +400,7 @@ def result_row(point: Point, workdir: str, reference_bytes: int) -> Dict[str, An
     export = _read_json(os.path.join(workdir, "export", "export.json"))
     row: Dict[str, Any] = {
         "method": point.method, "point": point.name, "workdir": os.path.abspath(workdir),
+        "seed": _read_json(os.path.join(workdir, "config.json"))["seed"],
         "weight_bits": point.weight_bits, "activation_bits": point.activation_bits,
         "lambda_w": point.lambda_w if point.method in ("cdl", "rcdl") else None,
         "lambda_a": point.lambda_a if point.method in ("cdl", "rcdl") else None,
@@ -436,6 +457,7 @@ def _write_results(config, rows: List[Dict[str, Any]], reference: int, outdir: s
         "float32_bytes": reference, "kb_bytes": KB, **extra,
         "config": json.loads(config.to_json()),
         "rows": rows,
+        "summary": summarize(rows),
         "published": published_points(config.model),
     }
     results["plots"] = plot_results(results, outdir)
@@ -444,12 +466,35 @@ def _write_results(config, rows: List[Dict[str, Any]], reference: int, outdir: s
     return results
 
 
+def lineage(workdir: str) -> Dict[str, Any]:
+    """What a run's results depend on but its seed: its config without ``seed`` (and the fields
+    that change nothing), where the runs it starts from (``init_from``) or learns from
+    (``distill.teacher``) are replaced by their own lineages if their directories still exist.
+
+    Runs of one recipe under other seeds, each continuing its own seed's parent, share it.
+    """
+    config = _read_json(os.path.join(workdir, "config.json"))
+    for key in ("seed", *_IGNORED_CONFIG_FIELDS):
+        config.pop(key, None)
+    for parent, key in ((config, "init_from"), (config.get("distill") or {}, "teacher")):
+        path = parent.get(key)
+        if path and os.path.isfile(os.path.join(path, "config.json")):
+            parent[key] = lineage(path)
+    return config
+
+
+def _lineage_group(workdir: str) -> str:
+    digest = hashlib.sha256(json.dumps(lineage(workdir), sort_keys=True).encode()).hexdigest()
+    return f"lineage-{digest[:16]}"
+
+
 def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
     """Results of finished ``cdl-train`` runs of one model, as a sweep's.
 
     Each run is exported as its method requires (CDL runs through `export_workdir`,
     tfmot8 runs converted and coded) unless it already was; a float run among them
-    also gives the post-training int8 point, written to ``outdir/ptq8``.
+    also gives the post-training int8 point, written to ``outdir/ptq8_<float run's name>``.
+    Runs with the same `lineage` form one group of the summary.
     """
     import ml_collections
 
@@ -475,12 +520,13 @@ def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
         if not _done(workdir):
             {"float": lambda: _run_float(config, workdir, reference), "tfmot8": lambda: _run_tfmot8(config, workdir)
              }.get(config.mode, lambda: _run_cdl(config, workdir))()
-        rows.append(result_row(point, workdir, reference))
+        group = _lineage_group(workdir)
+        rows.append({**result_row(point, workdir, reference), "group": group})
         if config.mode == "float":
-            ptq = os.path.join(outdir, "ptq8")
+            ptq = os.path.join(outdir, f"ptq8_{os.path.basename(os.path.normpath(workdir))}")
             if not _done(ptq):
                 _run_ptq8(config, ptq, workdir)
-            rows.append(result_row(Point("ptq8"), ptq, reference))
+            rows.append({**result_row(Point("ptq8"), ptq, reference), "group": f"ptq8-{group}"})
         print(f"[cdl-bench] {workdir}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['coded_kb']:.2f} KB", flush=True)
     return _write_results(configs[0], rows, float32_bytes(configs[0]), outdir,
                           runs=[os.path.abspath(w) for w in workdirs])
@@ -490,13 +536,21 @@ def _fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
+def _mean_std(entry: Dict[str, Any], field: str, spec: str, scale: float, unit: str) -> str:
+    if entry[field] is None:
+        return "-"
+    return f"{scale * entry[field]:{spec}}{unit} ± {scale * entry[field + '_std']:{spec}}"
+
+
 def markdown(results: Dict[str, Any]) -> str:
     """The results as Markdown: sweep table, published reference points, plots."""
     subset = results["train_subset"] or "all"
+    seeds = sorted({r["seed"] for r in results["rows"] if r.get("seed") is not None}) or [results["seed"]]
     lines = [
         f"# Compression benchmark: {results['model']} on {results['dataset']}",
         "",
-        f"{results['epochs']} epochs, seed {results['seed']}, training examples: {subset}, "
+        f"{results['epochs']} epochs, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}, "
+        f"training examples: {subset}, "
         f"test examples: {results['test_subset'] or 'all'}. float32 reference: "
         f"{results['float32_bytes'] / KB:.2f} KB (1 KB = {KB} bytes).",
         "",
@@ -530,6 +584,17 @@ def markdown(results: Dict[str, Any]) -> str:
         "- compression: float32 size / coded size. ptq8 train time: calibration and conversion of the "
         "float run's model.",
     ]
+    repeated = [g for g in results.get("summary", []) if g["n"] > 1]
+    if repeated:
+        lines += ["", "Points run under several seeds: mean ± sample standard deviation over the n runs.", "",
+                  "| runs | n | seeds | accuracy | error | coded KB | bits/weight | bits/act |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g in repeated:
+            runs = ", ".join(os.path.basename(os.path.normpath(w)) for w in g["workdirs"])
+            cells = [_mean_std(g, field, spec, scale, unit) for field, spec, scale, unit in (
+                ("accuracy", ".4f", 1, ""), ("error", ".2f", 100, "%"), ("coded_kb", ".2f", 1, ""),
+                ("bits_per_weight", ".3f", 1, ""), ("bits_per_activation", ".3f", 1, ""))]
+            lines.append(f"| {runs} | {g['n']} | {', '.join(map(str, g['seeds']))} | " + " | ".join(cells) + " |")
     if results["published"]:
         lines += ["", "Published points (not reproduced here):", "", "| source | model | KB | error |",
                   "|---|---|---|---|"]

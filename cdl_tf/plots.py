@@ -1,9 +1,15 @@
-"""Plots of benchmark results (matplotlib, Agg) and the published points they are compared with."""
+"""Plots of benchmark results (matplotlib, Agg) and the published points they are compared with.
+
+Points run under several seeds are drawn at their means with error bars of one sample
+standard deviation in both coordinates (`cdl_tf.aggregate`).
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Any, Dict, List
+
+from cdl_tf.aggregate import summarize
 
 KB = 1000
 
@@ -36,12 +42,13 @@ def published_points(model: str) -> List[Dict[str, Any]]:
     return [dataclasses.asdict(p) for p in PUBLISHED if p.model == model]
 
 
-def _series(rows: List[Dict[str, Any]], x: str, y: str) -> Dict[str, tuple]:
-    """Method -> (xs, ys) sorted by x, in the order methods first appear; rows without x are left out."""
+def _series(entries: List[Dict[str, Any]], x: str, y: str) -> Dict[str, tuple]:
+    """Method -> (xs, ys, x stds, y stds) sorted by x, in the order methods first appear; summary
+    entries without x are left out."""
     out: Dict[str, list] = {}
-    for r in rows:
-        if r[x] is not None:
-            out.setdefault(r["method"], []).append((r[x], r[y]))
+    for e in entries:
+        if e[x] is not None:
+            out.setdefault(e["method"], []).append((e[x], e[y], e[f"{x}_std"], e[f"{y}_std"]))
     return {m: tuple(zip(*sorted(pts))) for m, pts in out.items()}
 
 
@@ -59,11 +66,15 @@ def _axes(xlabel: str, ylabel: str, title: str, log_base: int):
     return fig, ax
 
 
-def _lines(ax, rows, x: str, y: str, scale: float = 1.0, nominal: bool = False) -> None:
-    kinds = {r["method"]: r.get("activation_bits_kind") for r in rows}
-    for method, (xs, ys) in _series(rows, x, y).items():
+def _lines(ax, entries, x: str, y: str, scale: float = 1.0, nominal: bool = False) -> None:
+    kinds = {e["method"]: e.get("activation_bits_kind") for e in entries}
+    for method, (xs, ys, x_std, y_std) in _series(entries, x, y).items():
         label = method + (" (nominal)" if nominal and kinds[method] == "nominal" else "")
-        ax.plot(xs, [scale * v for v in ys], marker=_MARKERS.get(method, "o"), label=label)
+        ys, y_std = [scale * v for v in ys], [scale * v for v in y_std]
+        if any(x_std) or any(y_std):
+            ax.errorbar(xs, ys, xerr=x_std, yerr=y_std, marker=_MARKERS.get(method, "o"), capsize=2, label=label)
+        else:
+            ax.plot(xs, ys, marker=_MARKERS.get(method, "o"), label=label)
 
 
 def _published(ax, published, xs, ys) -> None:
@@ -74,29 +85,29 @@ def _published(ax, published, xs, ys) -> None:
 
 def plot_results(results: Dict[str, Any], outdir: str) -> List[str]:
     """Draw `PLOTS` from a ``results.json`` dict into ``outdir``; returns their file names."""
-    rows, published = results["rows"], results.get("published", [])
-    if not rows:
+    if not results["rows"]:
         raise ValueError("results hold no rows to plot")
+    entries, published = summarize(results["rows"]), results.get("published", [])
     weights = results["float32_bytes"] / 4
     title = f"{results['model']} on {results['dataset']}"
     os.makedirs(outdir, exist_ok=True)
 
     fig, ax = _axes("bits per weight (coded)", "test accuracy", title, 2)
-    _lines(ax, rows, "bits_per_weight", "accuracy")
+    _lines(ax, entries, "bits_per_weight", "accuracy")
     _published(ax, published, [8 * KB * p["kb"] / weights for p in published], [1 - p["error"] for p in published])
     if published:
         ax.text(0.01, 0.01, "published: 8 x size / number of weights", transform=ax.transAxes, fontsize=7)
     figures = [fig]
 
     fig, ax = _axes("bits per activation", "test accuracy", title, 2)
-    _lines(ax, rows, "bits_per_activation", "accuracy", nominal=True)
+    _lines(ax, entries, "bits_per_activation", "accuracy", nominal=True)
     _published(ax, published, [32.0] * len(published), [1 - p["error"] for p in published])
     if published:
         ax.text(0.01, 0.01, "published points keep float32 activations", transform=ax.transAxes, fontsize=7)
     figures.append(fig)
 
     fig, ax = _axes("coded size (KB)", "test error (%)", title, 10)
-    _lines(ax, rows, "coded_kb", "error", scale=100.0)
+    _lines(ax, entries, "coded_kb", "error", scale=100.0)
     _published(ax, published, [p["kb"] for p in published], [100 * p["error"] for p in published])
     figures.append(fig)
 

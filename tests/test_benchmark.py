@@ -1,12 +1,16 @@
-"""Benchmark harness on a tiny sweep: one row per method, derived fields, plots, resume, PTQ coded size."""
+"""Benchmark harness on a tiny sweep: one row per method, derived fields, plots, resume, PTQ coded size,
+seeds and their summary."""
 import json
+import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from cdl_tf import benchmark, coding
+from cdl_tf import aggregate, benchmark, coding
 from cdl_tf.plots import PLOTS, plot_results
+from cdl_tf.training import load_run
 from configs import lenet300_mnist
 from tflite_export.convert import TFLiteModel
 
@@ -165,10 +169,99 @@ def test_weights_only_cdl_row_reports_calibrated_int8_activations(tmp_path):
                    "cdl": {"first_layer_bits": 8, "last_layer_bits": None,
                            "quantize_activations": quantize_activations}}
         (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "config.json").write_text(json.dumps({"seed": 3}))
         (run / "export" / "export.json").write_text(json.dumps(export))
         row = benchmark.result_row(benchmark.Point("rcdl", 4, 4, 0.1, 0.0), str(run), 100_000)
         assert row["coded_bytes"] == 2000 and row["compression_ratio"] == 50.0
+        assert row["seed"] == 3
         if quantize_activations:
             assert (row["bits_per_activation"], row["activation_bits_kind"], row["activation_bits"]) == (1.5, "entropy", 4)
         else:
             assert (row["bits_per_activation"], row["activation_bits_kind"], row["activation_bits"]) == (8.0, "nominal", 8)
+
+
+def test_sweep_points_under_seeds():
+    points = benchmark.Sweep(bits=(4,), lambda_w=(0.1,), methods=("float", "ptq8", "cdl"), seeds=(0, 2)).points()
+    assert [p.name for p in points] == ["float_seed0", "float_seed2", "ptq8_seed0", "ptq8_seed2",
+                                        "cdl_w4a4_lw0.1_la0.005_seed0", "cdl_w4a4_lw0.1_la0.005_seed2"]
+    assert [p.group for p in points] == ["float"] * 2 + ["ptq8"] * 2 + ["cdl_w4a4_lw0.1_la0.005"] * 2
+    assert benchmark.point_config(tiny_config(), points[-1]).seed == 2
+    assert benchmark.point_config(tiny_config(), benchmark.Point("float")).seed == tiny_config().seed
+    for seeds in ((1, 1), (-1,)):
+        with pytest.raises(benchmark.BenchmarkError, match="seeds must be distinct and >= 0"):
+            benchmark.Sweep(seeds=seeds)
+
+
+def test_summary_mean_std_and_sem():
+    rows = [{"method": "cdl", "point": f"p_seed{i}", "group": "p", "seed": i, "workdir": f"/r/p{i}",
+             "accuracy": a, "error": 1 - a, "keras_accuracy": a, "coded_kb": kb, "bits_per_weight": 1.0,
+             "bits_per_activation": None} for i, (a, kb) in enumerate([(0.90, 3.0), (0.92, 2.0), (0.97, 4.0)])]
+    rows.append({**rows[0], "group": None, "workdir": "/r/other", "seed": 7})
+    p, other = aggregate.summarize(rows)
+    assert (p["n"], p["seeds"], other["n"], other["group"]) == (3, [0, 1, 2], 1, "/r/other")
+    assert p["accuracy"] == pytest.approx(0.93)
+    std = math.sqrt((0.03 ** 2 + 0.01 ** 2 + 0.04 ** 2) / 2)
+    assert p["accuracy_std"] == pytest.approx(std) and p["error_std"] == pytest.approx(std)
+    assert p["accuracy_sem"] == pytest.approx(std / math.sqrt(3))
+    assert (p["coded_kb"], p["coded_kb_std"], p["bits_per_weight_std"]) == (pytest.approx(3.0), pytest.approx(1.0), 0.0)
+    assert p["bits_per_activation"] is None and p["bits_per_activation_std"] is None
+    assert (other["accuracy"], other["accuracy_std"]) == (pytest.approx(0.90), 0.0)
+
+
+def test_sweep_under_seeds_runs_each_point_per_seed(data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("CDL_DATA_DIR", str(data_dir))
+    sweep = benchmark.Sweep(bits=(4,), lambda_w=(0.05,), methods=("float", "ptq8"), seeds=(0, 1))
+    results = benchmark.run_benchmark(tiny_config(), sweep, str(tmp_path))
+    rows = results["rows"]
+    assert [(r["point"], r["seed"], r["group"]) for r in rows] == [
+        ("float_seed0", 0, "float"), ("float_seed1", 1, "float"), ("ptq8_seed0", 0, "ptq8"), ("ptq8_seed1", 1, "ptq8")]
+    for r in rows[2:]:  # each seed's ptq8 converts its own seed's float model
+        with open(os.path.join(r["workdir"], "metrics.json")) as f:
+            assert json.load(f)["source"] == str(tmp_path / f"float_seed{r['seed']}")
+    w0, w1 = (load_run(r["workdir"])[1].get_weights()[0] for r in rows[:2])
+    assert not np.allclose(w0, w1)
+    floats = results["summary"][0]
+    assert (floats["method"], floats["n"], floats["seeds"]) == ("float", 2, [0, 1])
+    assert floats["accuracy"] == pytest.approx((rows[0]["accuracy"] + rows[1]["accuracy"]) / 2)
+    md = open(tmp_path / "results.md").read()
+    assert "seeds 0, 1" in md and md.count("| float_seed0, float_seed1 | 2 | 0, 1 | ") == 1
+
+
+def _write_run(path, **config):
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"seed": 0, "init_from": "", "verbose": 2, "data_dir": "", "distill": {"teacher": ""},
+                   "cdl": {"lambda_w": 0.5}, **config}, f)
+    return str(path)
+
+
+def test_lineage_ignores_seeds_along_the_chain(tmp_path):
+    parents = [_write_run(tmp_path / f"float{s}", seed=s) for s in (0, 1)]
+    other_parent = _write_run(tmp_path / "float_lr", seed=0, lr=0.1)
+    children = [_write_run(tmp_path / f"cdl{s}", seed=s, init_from=parents[s], verbose=0) for s in (0, 1)]
+    same = benchmark.lineage(children[0])
+    assert benchmark.lineage(children[1]) == same and same["init_from"] == benchmark.lineage(parents[0])
+    assert benchmark.lineage(_write_run(tmp_path / "cdl_lw", init_from=parents[0], cdl={"lambda_w": 1})) != same
+    assert benchmark.lineage(_write_run(tmp_path / "cdl_lr", init_from=other_parent)) != same
+    taught = [_write_run(tmp_path / f"kd{s}", seed=s, init_from=children[s], distill={"teacher": parents[1 - s]})
+              for s in (0, 1)]
+    assert benchmark.lineage(taught[0]) == benchmark.lineage(taught[1])
+    gone = _write_run(tmp_path / "orphan", init_from=str(tmp_path / "deleted"))
+    assert benchmark.lineage(gone)["init_from"] == str(tmp_path / "deleted")
+
+
+def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
+    outdir, results, _, _ = bench
+    cdl = next(r for r in results["rows"] if r["method"] == "cdl")["workdir"]
+    copy = str(tmp_path / "runs" / "cdl_seed1")
+    shutil.copytree(cdl, copy)
+    with open(os.path.join(copy, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(copy, "config.json"), "w") as f:
+        json.dump({**config, "seed": 1}, f)
+    table = benchmark.tabulate_runs([os.path.join(outdir, "float"), cdl, copy], str(tmp_path / "report"))
+    assert [r["point"] for r in table["rows"]] == ["float", "ptq8"] + ["cdl_w4a4_lw0.05_la0.005"] * 2
+    assert table["rows"][1]["workdir"] == str(tmp_path / "report" / "ptq8_float")
+    assert [(g["method"], g["n"], g["seeds"]) for g in table["summary"]] == [
+        ("float", 1, [0]), ("ptq8", 1, [0]), ("cdl", 2, [0, 1])]
+    assert table["summary"][2]["coded_kb_std"] == 0.0

@@ -3,6 +3,7 @@ and uniform QAT, with results.json, results.md and plots in --outdir.
 
 cdl-bench --config=configs/lenet5_mnist.py --outdir=/tmp/bench --bits=2,4 --lambda_w=0.01,0.05 --config.epochs=8
 cdl-bench --quick --outdir=/tmp/bench_quick     # LeNet-300-100, 8192 images, 2 epochs, 2 lambdas
+cdl-bench --quick --seeds=0,1,2 --methods=ste,cdl,rcdl --outdir=/tmp/bench_seeds   # mean ± std over 3 seeds
 """
 import os
 
@@ -22,6 +23,8 @@ flags.DEFINE_list("lambda_w", None, "Weight rate weights of the cdl/rcdl points 
 flags.DEFINE_list("lambda_a", None, "Activation rate weights of the cdl/rcdl points (default 0.005).")
 flags.DEFINE_integer("activation_bits", 0, "Activation bit width (0: that of the weights).")
 flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl (default: all).")
+flags.DEFINE_list("seeds", None, "Run every point once per seed; the table and plots add mean ± std "
+                  "(default: once, with the config's seed).")
 flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cdl-train run directories.")
 flags.mark_flag_as_required("outdir")
 
@@ -39,7 +42,8 @@ def main(argv):
     given = {"bits": FLAGS.bits and tuple(int(b) for b in FLAGS.bits),
              "lambda_w": FLAGS.lambda_w and tuple(float(v) for v in FLAGS.lambda_w),
              "lambda_a": FLAGS.lambda_a and tuple(float(v) for v in FLAGS.lambda_a),
-             "methods": FLAGS.methods and tuple(FLAGS.methods)}
+             "methods": FLAGS.methods and tuple(FLAGS.methods),
+             "seeds": FLAGS.seeds and tuple(int(s) for s in FLAGS.seeds)}
     try:
         sweep = dataclasses.replace(sweep, activation_bits=FLAGS.activation_bits,
                                     **{k: v for k, v in given.items() if v})
