@@ -29,6 +29,14 @@ flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cd
 flags.mark_flag_as_required("outdir")
 
 
+def _parse(flag: str, kind: type) -> tuple:
+    """The values of list flag ``--flag`` as ``kind`` (empty if not given); a bad value is a usage error."""
+    try:
+        return tuple(kind(v) for v in FLAGS[flag].value or ())
+    except ValueError as e:
+        raise app.UsageError(f"--{flag}: {e}") from e
+
+
 def main(argv):
     del argv
     import dataclasses
@@ -39,11 +47,8 @@ def main(argv):
         print(benchmark.markdown(benchmark.tabulate_runs(FLAGS.runs, FLAGS.outdir)))
         return
     sweep = benchmark.QUICK_SWEEP if FLAGS.quick else benchmark.Sweep()
-    given = {"bits": FLAGS.bits and tuple(int(b) for b in FLAGS.bits),
-             "lambda_w": FLAGS.lambda_w and tuple(float(v) for v in FLAGS.lambda_w),
-             "lambda_a": FLAGS.lambda_a and tuple(float(v) for v in FLAGS.lambda_a),
-             "methods": FLAGS.methods and tuple(FLAGS.methods),
-             "seeds": FLAGS.seeds and tuple(int(s) for s in FLAGS.seeds)}
+    given = {"bits": _parse("bits", int), "lambda_w": _parse("lambda_w", float),
+             "lambda_a": _parse("lambda_a", float), "methods": _parse("methods", str), "seeds": _parse("seeds", int)}
     try:
         sweep = dataclasses.replace(sweep, activation_bits=FLAGS.activation_bits,
                                     **{k: v for k, v in given.items() if v})
