@@ -12,6 +12,7 @@ import pytest
 import cdl_tf
 from cdl_tf.training import ConfigError, evaluate_workdir, train_and_evaluate, validate_config
 from configs import common, lenet300_mnist, lenet5_mnist, resnet20_cifar10
+from tools.train import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,6 +95,7 @@ def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
         names = [row["name"] for row in saved["layers"]]
         assert "quant_dense/kernel" in names or any(n.endswith("/kernel") for n in names)
         assert {"loss", "accuracy", "bits_per_weight", "val_accuracy"} <= set(saved["history"])
+        assert summary(metrics).endswith(f"{metrics['bits_per_activation']:.3f} bits/activation")
     else:
         assert "bits_per_weight" not in saved
     # Re-evaluating the saved run gives the same figures.
@@ -176,6 +178,9 @@ def test_config_variants_chain_float_small_hard(tmp_path, data_dir):
         c = small(lenet300_mnist, data_dir, variant=variant, init_from=previous)
         metrics = train_and_evaluate(c, str(tmp_path / variant))
         assert metrics["mode"] == {"float": "float", "small": "rcdl", "small_hard": "ste"}[variant]
+        line = summary(metrics)  # what cdl-train prints
+        assert line.startswith(f"test accuracy {metrics['test_accuracy']:.4f}") and "bits/activation" not in line
+        assert ("bits/weight" in line) == (variant != "float")
         previous = str(tmp_path / variant)
     model = build_model(c, validate_config(c))
     assert {q.kind for _, q, _ in quantizers(model)} == {"weight"}  # activations stay int8, not coded

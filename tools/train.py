@@ -15,12 +15,16 @@ def main(argv):
     del argv
     from cdl_tf.training import train_and_evaluate
 
-    metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    print(summary(train_and_evaluate(FLAGS.config, FLAGS.workdir)))
+
+
+def summary(metrics: dict) -> str:
+    """The run's one-line result; rates a run does not have (float, weights only) are left out."""
     line = f"test accuracy {metrics['test_accuracy']:.4f} (error {100 * metrics['test_error']:.2f}%)"
-    if "bits_per_weight" in metrics:
-        line += (f", {metrics['bits_per_weight']:.3f} bits/weight, "
-                 f"{metrics['bits_per_activation']:.3f} bits/activation")
-    print(line)
+    for key, unit in (("bits_per_weight", "bits/weight"), ("bits_per_activation", "bits/activation")):
+        if metrics.get(key) is not None:
+            line += f", {metrics[key]:.3f} {unit}"
+    return line
 
 
 def run():
