@@ -41,6 +41,15 @@ def base_files(rng: np.random.Generator) -> list[bytes]:
         x = (rng.geometric(p, size=shape) - 1) * rng.choice([-1, 1], size=shape)
         return np.clip(x, lo, hi)
 
+    def sparse(shape, lo, hi):
+        """Non-zero indices only in a few rows (leading axes) and columns (last axis)."""
+        x = np.zeros(shape, np.int64).reshape(-1, shape[-1])
+        rows = rng.choice(x.shape[0], 5, replace=False)
+        cols = rng.choice(x.shape[1], 3, replace=False)
+        x[np.ix_(rows, cols)] = geometric((5, 3), lo, hi, 0.5)
+        x[rows[0], cols[0]] = 1  # at least one non-zero
+        return x.reshape(shape)
+
     tensors = {
         "conv1/kernel": QuantizedTensor(geometric((5, 5, 1, 6), -7, 7, 0.6), -7, 7, 0.05),
         "conv1/bias": rng.normal(size=6).astype(np.float32),
@@ -48,6 +57,7 @@ def base_files(rng: np.random.Generator) -> list[bytes]:
         "fc1/bias": QuantizedTensor(np.full((12,), 1), -7, 7, 0.1),
         "empty": QuantizedTensor(np.zeros((0, 2), np.int8), -1, 1, 1.0),
         "scalar": np.float32(3.5),
+        "sparse/kernel": QuantizedTensor(sparse((60, 4, 20), -7, 7), -7, 7, 0.2),  # stored with live masks
     }
     return [
         encode_bytes(tensors, coder="ans", metadata={"model": "fuzz", "seed": 1}),

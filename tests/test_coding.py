@@ -134,7 +134,7 @@ def deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def frame_raw(rest: bytes, *, version: int = 2, flags: int = 0, coder: int = 1) -> bytes:
+def frame_raw(rest: bytes, *, version: int = 3, flags: int = 0, coder: int = 1) -> bytes:
     """A file around ``rest``, the bytes between the length field and the CRC (sections 1 and 5)."""
     head = b"CDLZ" + bytes((version, flags, coder)) + encode_varint(len(rest) + 4)
     return fix_crc(head + rest + b"\0\0\0\0")
@@ -147,13 +147,13 @@ def pack(header_: bytes, *, size: int | None = None, packed: bytes | None = None
     return encode_varint(size) + encode_varint(len(packed)) + packed
 
 
-def frame(header_: bytes, payloads: bytes = b"", *, flags: int = 0, coder: int = 1) -> bytes:
-    """A version-2 file around a hand-built uncompressed header and its payloads."""
-    return frame_raw(pack(header_) + payloads, flags=flags, coder=coder)
+def frame(header_: bytes, payloads: bytes = b"", *, version: int = 3, flags: int = 0, coder: int = 1) -> bytes:
+    """A file of ``version`` around a hand-built uncompressed header and its payloads."""
+    return frame_raw(pack(header_) + payloads, version=version, flags=flags, coder=coder)
 
 
 def split(data: bytes) -> tuple[int, int, bytes, bytes]:
-    """(flags, coder, uncompressed header, payloads) of a valid version-2 file, parsed by hand."""
+    """(flags, coder, uncompressed header, payloads) of a valid file, parsed by hand."""
     r = ByteReader(memoryview(data), 7)
     r.varint("length")
     size = r.varint("header size")
@@ -175,12 +175,13 @@ def quantized_header(
     counts=(),
     payload_len: int | None = None,
     scales=None,
+    masks: tuple[bytes, bytes] | None = None,
 ) -> bytes:
-    """A tensor header (section 3.2) written by hand, field by field."""
+    """A tensor header (section 3.2) written by hand, field by field; kind 3 with ``masks``."""
     w = ByteWriter()
     w.varint(len(name.encode()))
     w.raw(name.encode())
-    w.u8(0)
+    w.u8(0 if masks is None else 3)
     w.varint(len(shape))
     for d in shape:
         w.varint(d)
@@ -192,6 +193,8 @@ def quantized_header(
     else:
         w.u8(1)
         w.raw(np.asarray(scales, "<f4").tobytes())
+    if masks is not None:
+        w.raw(masks[0] + masks[1])
     w.u8(coder_id)
     if counts:
         w.zigzag(used_lo)
@@ -214,6 +217,17 @@ def header(headers: list[bytes], metadata: bytes = b"") -> bytes:
     return w.getvalue()
 
 
+def sparse_indices(rng: np.random.Generator, shape, live_rows: int, live_cols: int) -> np.ndarray:
+    """Indices in [-7, 7], non-zero only in ``live_rows`` rows (leading axes) x ``live_cols`` columns."""
+    x = np.zeros(shape, np.int64).reshape(-1, shape[-1])
+    rows = rng.choice(x.shape[0], live_rows, replace=False)
+    cols = rng.choice(x.shape[1], live_cols, replace=False)
+    x[np.ix_(rows, cols)] = rng.integers(-7, 8, size=(live_rows, live_cols))
+    x[rows, cols[0]] = 1  # every chosen row and column holds a non-zero
+    x[rows[0], cols] = 1
+    return x.reshape(shape)
+
+
 def sample_files() -> list[bytes]:
     """Small valid files covering every kind, both coders, scales and metadata."""
     rng = np.random.default_rng(7)
@@ -225,6 +239,7 @@ def sample_files() -> list[bytes]:
         "fc/bias": rng.normal(size=6).astype(np.float32),
         "const": QuantizedTensor(np.full((5,), 2), -3, 3, 0.5),
         "empty": QuantizedTensor(np.zeros((0, 4), np.int8), -1, 1, 1.0),
+        "sparse/kernel": QuantizedTensor(sparse_indices(rng, (30, 2, 40), 4, 3), -7, 7, 0.1),
     }
     half = {"w": QuantizedTensor(skewed_indices(rng, (64,), -3, 3, "uniform"), -3, 3, 0.25), "b": np.ones(3, np.float32)}
     return [
@@ -527,10 +542,10 @@ def test_one_tensor_helper_is_valid():
         (b"CDL", "too short"),
         (b"XDLZ" + SAMPLES[0][4:], "magic"),
         (b"CDLZ\x01" + SAMPLES[0][5:], "version"),
-        (b"CDLZ\x03" + SAMPLES[0][5:], "version"),
+        (b"CDLZ\x04" + SAMPLES[0][5:], "version"),
         (b"CDLZ\x00" + SAMPLES[0][5:], "version"),
-        (b"CDLZ\x02\x80" + SAMPLES[0][6:], "flags"),
-        (b"CDLZ\x02\x00\x07" + SAMPLES[0][7:], "coder"),
+        (b"CDLZ\x03\x80" + SAMPLES[0][6:], "flags"),
+        (b"CDLZ\x03\x00\x07" + SAMPLES[0][7:], "coder"),
         (SAMPLES[0] + b"\0", "length"),
         (SAMPLES[0][:-1], "length"),
         (SAMPLES[0][:-4] + bytes(4), "crc32"),
@@ -616,6 +631,76 @@ def test_reader_rejects_version_1():
     """A version-1 file (header stored uncompressed right after the length field) is not read."""
     with pytest.raises(FormatError, match="version: unsupported format version 1"):
         decode_bytes(frame_raw(HEADER0 + PAYLOADS0, version=1))
+
+
+def test_version_2_file_is_read_as_version_3():
+    """Version 3 only adds kind 3, so a version-2 file (which cannot hold it) reads unchanged."""
+    flags, coder, header_, payloads = split(SAMPLES[2])
+    old = decode_bytes(frame(header_, payloads, version=2, flags=flags, coder=coder))
+    new = decode_bytes(SAMPLES[2])
+    assert list(old) == list(new)
+    for name in new:
+        assert_same(new[name], old[name], float_dtype="float16")  # SAMPLES[2] stores floats as float16
+
+
+# ------------------------------------------------------------------- live masks
+
+
+def _masked(shape=(3, 4), rows=b"\x05", cols=b"\x02", counts=(1, 0, 1), version=3, **fields) -> bytes:
+    """Rows 0 and 2 and column 1 live: the coded indices are [1, -1] (symbols 2, 0 from used min -1)."""
+    payload = coders.encode_symbols(np.array([2, 0]), np.array([1, 0, 1]), "ans")
+    fields = dict(dict(lo=-7, hi=7, q=0.5, coder_id=1, used_lo=-1, payload_len=len(payload)), **fields)
+    tensor = quantized_header("w", shape, counts=list(counts), masks=(rows, cols), **fields)
+    return frame(header([tensor]), payload, version=version)
+
+
+def test_masked_helper_is_valid():
+    f = decode_bytes(_masked())
+    assert np.array_equal(f["w"].indices, [[0, 1, 0, 0], [0, 0, 0, 0], [0, -1, 0, 0]])
+    assert f["w"].indices.dtype == np.int8 and not f["w"].indices.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_masked(rows=b"\x0d"), "row mask: padding bits after the 3 mask bits"),
+        (_masked(cols=b"\x12"), "column mask: padding bits after the 4 mask bits"),
+        (_masked(rows=b"\x00"), "no live row"),
+        (_masked(counts=(1, 0, 2)), "counts sum to 3, live rows x live columns hold 2"),
+        (_masked(lo=1, hi=7, used_lo=1), "does not contain index 0"),
+        (_masked(shape=(12,)), "at least 2 dims"),
+        (_masked(shape=(3, 0)), "at least 2 dims"),
+        (_masked(version=2), "unknown kind 3 in a version-2 file"),
+        (_masked(shape=(30, 4)), None),  # a 4-byte row mask read as 1 byte: a later field fails
+    ],
+)
+def test_reader_rejects_bad_masks(data, message):
+    with pytest.raises(FormatError, match=message):
+        decode_bytes(data)
+
+
+@pytest.mark.parametrize("coder", coders.CODERS)
+def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
+    """Sparse tensors round-trip through kind 3 into fewer bytes; dense ones are written as before."""
+    rng = np.random.default_rng(11)
+    sparse = {f"s{i}": QuantizedTensor(sparse_indices(rng, (50, 3, 60), 1 + 4 * i, 1 + 5 * i), -7, 7, 0.1)
+              for i in range(1, 4)}
+    # One non-zero in 9,000: ANS codes the zeros at ~0.002 bits each, less than the 27 mask bytes;
+    # Huffman spends a bit on every zero, so there the masks pay.
+    single = {"single": QuantizedTensor(sparse_indices(rng, (50, 3, 60), 1, 1), -7, 7, 0.1)}
+    sparse, dense = (sparse, single) if coder == "ans" else ({**sparse, **single}, {})
+    dense = {**dense, "d": QuantizedTensor(skewed_indices(rng, (20, 30), -7, 7, "geometric"), -7, 7, 0.1),
+             "no_zero": QuantizedTensor(np.full((4, 5), 2), 1, 3, 0.5)}  # 0 outside the alphabet
+    with_masks = {name: encode_bytes({name: t}, coder=coder) for name, t in {**sparse, **dense}.items()}
+    monkeypatch.setattr(container, "_live_masks", lambda tensor: None)
+    for name, t in {**sparse, **dense}.items():
+        without = encode_bytes({name: t}, coder=coder)
+        assert_same(t, decode_bytes(with_masks[name])[name])
+        if name in sparse:
+            assert split(with_masks[name])[2] != split(without)[2]  # kind 3
+            assert len(with_masks[name]) < len(without), name
+        else:
+            assert with_masks[name] == without
 
 
 def test_header_limit_applies_to_writer_and_reader(monkeypatch):

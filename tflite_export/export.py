@@ -145,7 +145,7 @@ def main(argv):
     b, a = report["bytes"], report["accuracy"]
     print(f"float TFLite {b['tflite_float']} B, int8 TFLite {b['tflite_int8']} B, "
           f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
-          f"entropy bound {b['entropy_bound_quantized']:.0f} B")
+          f"index entropy {b['entropy_bound_quantized']:.0f} B")
     print(f"accuracy Keras Q_u {a['keras_q_u']:.4f}, TFLite int8 {a['tflite_int8']:.4f}, "
           f"agreement {a['top1_agreement']:.4f}; unrounded activations (model_float.tflite) {a['tflite_float']:.4f}")
     for k in FLAGS.kernels:

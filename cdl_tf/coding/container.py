@@ -3,16 +3,20 @@
 Byte layout, limits and the reader's validation order are specified in
 ``docs/cdlz-format.md``. In short::
 
-    "CDLZ" | version u8 = 2 | flags u8 | coder u8 | length varint
+    "CDLZ" | version u8 = 3 | flags u8 | coder u8 | length varint
     | header size varint | compressed header length varint
     | raw deflate of the header:
     |     tensor count | metadata length + UTF-8 JSON object
-    |     | per tensor: name, kind, ndim, dims, [lo, hi, q, scales, coder id,
-    |                   frequency table, payload length]
+    |     | per tensor: name, kind, ndim, dims, [lo, hi, q, scales, [live masks],
+    |                   coder id, frequency table, payload length]
     | payloads in tensor order | CRC-32 (u32 LE) of every preceding byte
 
 Quantized tensors are coded with :mod:`cdl_tf.coding.coders` under their own
-frequency table over the used index range; float tensors are raw little-endian
+frequency table over the used index range. A sparse tensor of two or more axes
+may instead be stored with *live masks* (kind 3): a bit per row (the leading axes
+flattened) and per column (the last axis) marks those holding a non-zero index,
+and only the live rows x live columns are coded; the writer picks whichever of
+the two is smaller. Float tensors are raw little-endian
 float32 (lossless) or float16 (flagged lossy). Nothing in a file is executed: the
 reader parses fixed binary fields and one JSON object, checks every declared size
 against hard limits before allocating (the header is inflated into at most its
@@ -38,13 +42,15 @@ from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint
 from cdl_tf.io import atomic_write_bytes
 
 MAGIC = b"CDLZ"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)  # version 2 is version 3 without kind 3
 
 FLAG_LOSSY = 0x01
 
 KIND_QUANTIZED = 0
 KIND_FLOAT32 = 1
 KIND_FLOAT16 = 2
+KIND_MASKED = 3  # quantized, only the live rows x live columns coded
 
 CODER_NONE = 0
 CODER_NAMES: dict[int, coders.Coder] = {1: "ans", 2: "huffman"}
@@ -242,7 +248,21 @@ def _write_shape(header: ByteWriter, name: str, shape: tuple[int, ...]) -> None:
 
 
 def _write_quantized(header: ByteWriter, name: str, tensor: QuantizedTensor, coder: coders.Coder) -> bytes:
-    header.u8(KIND_QUANTIZED)
+    """Kind 0 or, where it is smaller, kind 3 (live masks); returns the payload."""
+    dense = ByteWriter()
+    kind, payload = KIND_QUANTIZED, _write_indices(dense, name, tensor.indices, coder)
+    fields = dense.getvalue()
+    live = _live_masks(tensor)
+    if live is not None:
+        rows, cols = live
+        masked = ByteWriter()
+        masked.raw(np.packbits(rows, bitorder="little").tobytes())
+        masked.raw(np.packbits(cols, bitorder="little").tobytes())
+        sub = tensor.indices.reshape(rows.size, cols.size)[np.ix_(rows, cols)]
+        masked_payload = _write_indices(masked, name, sub, coder)
+        if len(masked.getvalue()) + len(masked_payload) < len(fields) + len(payload):
+            kind, payload, fields = KIND_MASKED, masked_payload, masked.getvalue()
+    header.u8(kind)
     _write_shape(header, name, tensor.shape)
     header.zigzag(tensor.lo)
     header.zigzag(tensor.hi)
@@ -252,7 +272,28 @@ def _write_quantized(header: ByteWriter, name: str, tensor: QuantizedTensor, cod
     else:
         header.u8(1)
         header.raw(tensor.scales.astype("<f4").tobytes())
-    used_lo, counts = coders.frequency_table(tensor.indices)
+    header.raw(fields)
+    return payload
+
+
+def _live_masks(tensor: QuantizedTensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rows (leading axes flattened) and columns (last axis) holding a non-zero index.
+
+    ``None`` where live masks cannot describe the tensor (fewer than two axes, no
+    element, index 0 outside the alphabet, no non-zero index) or would mark everything live.
+    """
+    if tensor.indices.ndim < 2 or tensor.indices.size == 0 or not tensor.lo <= 0 <= tensor.hi:
+        return None
+    nonzero = tensor.indices.reshape(-1, tensor.shape[-1]) != 0
+    rows, cols = nonzero.any(axis=1), nonzero.any(axis=0)
+    if not rows.any() or (rows.all() and cols.all()):
+        return None
+    return rows, cols
+
+
+def _write_indices(header: ByteWriter, name: str, indices: np.ndarray, coder: coders.Coder) -> bytes:
+    """Coder id, frequency table and payload length of ``indices``; returns the payload."""
+    used_lo, counts = coders.frequency_table(indices)
     if counts.size > MAX_TABLE_SIZE:
         raise ValueError(
             f"tensor {name!r}: used index range has {counts.size} values, limit {MAX_TABLE_SIZE}"
@@ -266,7 +307,7 @@ def _write_quantized(header: ByteWriter, name: str, tensor: QuantizedTensor, cod
             header.varint(count)
     if coder_id == CODER_NONE:
         return b""
-    symbols = tensor.indices.reshape(-1).astype(np.int64) - used_lo
+    symbols = indices.reshape(-1).astype(np.int64) - used_lo
     payload = coders.encode_symbols(symbols, counts, coder)
     header.varint(len(payload))
     return payload
@@ -310,6 +351,8 @@ class _Entry:
     coder_id: int = CODER_NONE
     used_lo: int = 0
     counts: np.ndarray | None = None
+    rows: np.ndarray | None = None  # live masks (kind 3)
+    cols: np.ndarray | None = None
 
 
 def read(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> CodedFile:
@@ -331,9 +374,9 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
     if max_elements < 0:
         raise ValueError(f"max_elements must be >= 0, got {max_elements}")
     view = memoryview(data).cast("B")
-    reader, flags, coder_id = _check_frame(view)
+    reader, version, flags, coder_id = _check_frame(view)
     header = _inflate_header(reader)
-    metadata, entries = _parse_header(header, coder_id, max_elements)
+    metadata, entries = _parse_header(header, version, coder_id, max_elements)
     if header.remaining:
         raise FormatError(
             f"header: {header.remaining} byte(s) left after the last tensor header at offset {header.pos}"
@@ -365,16 +408,16 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
     )
 
 
-def _check_frame(view: memoryview) -> tuple[ByteReader, int, int]:
-    """Magic, version, flags, coder, declared length, CRC-32; returns a header reader."""
+def _check_frame(view: memoryview) -> tuple[ByteReader, int, int, int]:
+    """Magic, version, flags, coder, declared length, CRC-32; returns a header reader, version, flags, coder."""
     if len(view) < len(MAGIC):
         raise FormatError(f"file is {len(view)} bytes, too short for the magic {MAGIC!r}")
     if bytes(view[: len(MAGIC)]) != MAGIC:
         raise FormatError(f"magic: expected {MAGIC!r}, got {bytes(view[:len(MAGIC)])!r}")
     reader = ByteReader(view, len(MAGIC))
     version = reader.u8("version")
-    if version != VERSION:
-        raise FormatError(f"version: unsupported format version {version} (supported: {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"version: unsupported format version {version} (supported: {READABLE_VERSIONS})")
     flags = reader.u8("flags")
     if flags & ~FLAG_LOSSY:
         raise FormatError(f"flags: unknown bits set in 0x{flags:02x}")
@@ -392,7 +435,7 @@ def _check_frame(view: memoryview) -> tuple[ByteReader, int, int]:
     computed = zlib.crc32(view[:-4])
     if stored != computed:
         raise FormatError(f"crc32: stored 0x{stored:08x}, computed 0x{computed:08x}")
-    return ByteReader(view, reader.pos, len(view) - 4), flags, coder_id
+    return ByteReader(view, reader.pos, len(view) - 4), version, flags, coder_id
 
 
 def _inflate_header(reader: ByteReader) -> ByteReader:
@@ -428,7 +471,7 @@ def _inflate_header(reader: ByteReader) -> ByteReader:
     return ByteReader(memoryview(header))
 
 
-def _parse_header(reader: ByteReader, coder_id: int, max_elements: int) -> tuple[dict, list[_Entry]]:
+def _parse_header(reader: ByteReader, version: int, coder_id: int, max_elements: int) -> tuple[dict, list[_Entry]]:
     count = reader.varint("tensor count")
     if count > MAX_TENSORS:
         raise FormatError(f"tensor count: {count} exceeds the limit {MAX_TENSORS}")
@@ -450,10 +493,10 @@ def _parse_header(reader: ByteReader, coder_id: int, max_elements: int) -> tuple
             )
         if kind in _FLOAT_KINDS:
             entries.append(_Entry(name, kind, shape, size, size * _FLOAT_KINDS[kind].itemsize))
-        elif kind == KIND_QUANTIZED:
-            entries.append(_parse_quantized(reader, name, shape, size, coder_id))
+        elif kind == KIND_QUANTIZED or (kind == KIND_MASKED and version >= 3):
+            entries.append(_parse_quantized(reader, name, shape, size, coder_id, masked=kind == KIND_MASKED))
         else:
-            raise FormatError(f"tensor {name!r} kind: unknown kind {kind}")
+            raise FormatError(f"tensor {name!r} kind: unknown kind {kind} in a version-{version} file")
     return metadata, entries
 
 
@@ -510,7 +553,9 @@ def _parse_shape(reader: ByteReader, name: str, max_elements: int) -> tuple[tupl
     return tuple(dims), size
 
 
-def _parse_quantized(reader: ByteReader, name: str, shape: tuple[int, ...], size: int, file_coder: int) -> _Entry:
+def _parse_quantized(
+    reader: ByteReader, name: str, shape: tuple[int, ...], size: int, file_coder: int, *, masked: bool
+) -> _Entry:
     field = f"tensor {name!r}"
     lo = reader.zigzag(f"{field} lo")
     hi = reader.zigzag(f"{field} hi")
@@ -530,11 +575,24 @@ def _parse_quantized(reader: ByteReader, name: str, shape: tuple[int, ...], size
             raise FormatError(f"{field} scales: non-finite value")
     elif has_scales != 0:
         raise FormatError(f"{field} scales flag: {has_scales} is not 0 or 1")
+    rows = cols = None
+    n_coded = size  # the number of coded indices
+    if masked:
+        if len(shape) < 2 or size == 0:
+            raise FormatError(f"{field} live masks: need a non-empty tensor of at least 2 dims, got shape {shape}")
+        if not lo <= 0 <= hi:
+            raise FormatError(f"{field} live masks: alphabet [lo={lo}, hi={hi}] does not contain index 0")
+        rows = _parse_mask(reader, size // shape[-1], f"{field} row mask")
+        cols = _parse_mask(reader, shape[-1], f"{field} column mask")
+        n_coded = int(rows.sum()) * int(cols.sum())
+        if n_coded == 0:
+            raise FormatError(f"{field} live masks: no live row or no live column")
     coder_id = reader.u8(f"{field} coder id")
     if coder_id not in (CODER_NONE, file_coder):
         raise FormatError(f"{field} coder id: {coder_id}, expected {CODER_NONE} or the file coder {file_coder}")
-    entry = _Entry(name, KIND_QUANTIZED, shape, size, 0, lo, hi, q, scales, coder_id)
-    if size == 0:
+    kind = KIND_MASKED if masked else KIND_QUANTIZED
+    entry = _Entry(name, kind, shape, size, 0, lo, hi, q, scales, coder_id, rows=rows, cols=cols)
+    if n_coded == 0:
         if coder_id != CODER_NONE:
             raise FormatError(f"{field} coder id: {coder_id} for an empty tensor")
         return entry
@@ -551,8 +609,9 @@ def _parse_quantized(reader: ByteReader, name: str, shape: tuple[int, ...], size
             f"{field} frequency table: {span + 1} counts declared but only {reader.remaining} bytes remain"
         )
     table = [reader.varint(f"{field} count {j}") for j in range(span + 1)]
-    if sum(table) != size:
-        raise FormatError(f"{field} frequency table: counts sum to {sum(table)}, tensor has {size} elements")
+    if sum(table) != n_coded:
+        what = "live rows x live columns hold" if masked else "tensor has"
+        raise FormatError(f"{field} frequency table: counts sum to {sum(table)}, {what} {n_coded} elements")
     counts = np.array(table, dtype=np.int64)  # each count <= size <= max_elements
     if counts[0] == 0 or counts[-1] == 0:
         raise FormatError(f"{field} frequency table: the used range must start and end at used symbols")
@@ -567,6 +626,15 @@ def _parse_quantized(reader: ByteReader, name: str, shape: tuple[int, ...], size
         if entry.payload_len == 0:
             raise FormatError(f"{field} payload length: 0 for a tensor with >= 2 distinct symbols")
     return entry
+
+
+def _parse_mask(reader: ByteReader, n: int, field: str) -> np.ndarray:
+    """``ceil(n / 8)`` bytes, bit ``k`` of byte ``k // 8`` (least significant first) for item ``k``."""
+    raw = reader.raw(-(-n // 8), field)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise FormatError(f"{field}: padding bits after the {n} mask bits are not 0")
+    return bits[:n].astype(bool)
 
 
 def _index_dtype(lo: int, hi: int) -> np.dtype:
@@ -585,13 +653,19 @@ def _decode_tensor(entry: _Entry, payload: memoryview, coder: coders.Coder) -> T
         array = array.reshape(entry.shape)
     else:
         dtype = _index_dtype(entry.lo, entry.hi)
+        n_coded = int(entry.counts.sum()) if entry.counts is not None else 0
         if entry.coder_id != CODER_NONE:
             symbols = coders.decode_symbols(
                 payload, entry.counts, coder, field=f"tensor {entry.name!r} payload"
             )
-            array = (symbols + np.int64(entry.used_lo)).astype(dtype).reshape(entry.shape)
+            array = (symbols + np.int64(entry.used_lo)).astype(dtype)
         else:
-            array = np.full(entry.shape, entry.used_lo, dtype=dtype)
+            array = np.full(n_coded, entry.used_lo, dtype=dtype)
+        if entry.kind == KIND_MASKED:
+            full = np.zeros((entry.rows.size, entry.cols.size), dtype=dtype)
+            full[np.ix_(entry.rows, entry.cols)] = array.reshape(int(entry.rows.sum()), int(entry.cols.sum()))
+            array = full
+        array = array.reshape(entry.shape)
     array.setflags(write=False)
     if entry.kind in _FLOAT_KINDS:
         return array
