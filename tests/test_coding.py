@@ -657,6 +657,7 @@ def _masked(shape=(3, 4), rows=b"\x05", cols=b"\x02", counts=(1, 0, 1), version=
 def test_masked_helper_is_valid():
     f = decode_bytes(_masked())
     assert np.array_equal(f["w"].indices, [[0, 1, 0, 0], [0, 0, 0, 0], [0, -1, 0, 0]])
+    assert f.mask_bytes("w") == 2 and decode_bytes(_one_tensor()).mask_bytes("w") == 0
     assert f["w"].indices.dtype == np.int8 and not f["w"].indices.flags.writeable
 
 
@@ -699,6 +700,7 @@ def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
         if name in sparse:
             assert split(with_masks[name])[2] != split(without)[2]  # kind 3
             assert len(with_masks[name]) < len(without), name
+            assert decode_bytes(with_masks[name]).mask_bytes(name) == 150 // 8 + 1 + 60 // 8 + 1
         else:
             assert with_masks[name] == without
 

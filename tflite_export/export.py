@@ -101,9 +101,9 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     float_values = sum(np.asarray(t).size for t in tensors.values() if not isinstance(t, coding.QuantizedTensor))
     bound = entropy_bound_bits(tensors)
     payload_bits = {
-        name: 8 * sum(coding.decode_bytes(blob).payload_bytes(n) for n, t in tensors.items()
+        name: 8 * sum(f.payload_bytes(n) + f.mask_bytes(n) for n, t in tensors.items()
                       if isinstance(t, coding.QuantizedTensor))
-        for name, blob in (("ans", coded), ("huffman", huffman))
+        for name, f in (("ans", coding.decode_bytes(coded)), ("huffman", coding.decode_bytes(huffman)))
     }
     report = {
         "workdir": os.path.abspath(workdir),

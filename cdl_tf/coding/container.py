@@ -86,6 +86,7 @@ class CodedFile(Mapping[str, Tensor]):
         metadata: dict,
         coder: coders.Coder,
         payload_sizes: dict[str, int],
+        mask_sizes: dict[str, int],
         lossy: bool,
         total_bytes: int,
     ) -> None:
@@ -93,6 +94,7 @@ class CodedFile(Mapping[str, Tensor]):
         self._metadata = metadata
         self._coder = coder
         self._payload_sizes = payload_sizes
+        self._mask_sizes = mask_sizes
         self._lossy = lossy
         self._total_bytes = total_bytes
 
@@ -139,6 +141,10 @@ class CodedFile(Mapping[str, Tensor]):
     def payload_bytes(self, name: str) -> int:
         """Payload size of tensor ``name`` (0 for empty or single-symbol tensors)."""
         return self._payload_sizes[name]
+
+    def mask_bytes(self, name: str) -> int:
+        """Bytes of tensor ``name``'s live masks in the (uncompressed) header; 0 unless kind 3."""
+        return self._mask_sizes[name]
 
 
 # --------------------------------------------------------------------- writing
@@ -354,6 +360,10 @@ class _Entry:
     rows: np.ndarray | None = None  # live masks (kind 3)
     cols: np.ndarray | None = None
 
+    @property
+    def mask_bytes(self) -> int:
+        return 0 if self.rows is None else (self.rows.size + 7) // 8 + (self.cols.size + 7) // 8
+
 
 def read(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> CodedFile:
     """Read and fully validate a ``.cdlz`` file (see :func:`decode_bytes`)."""
@@ -403,6 +413,7 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
         metadata=metadata,
         coder=CODER_NAMES[coder_id],
         payload_sizes={e.name: e.payload_len for e in entries},
+        mask_sizes={e.name: e.mask_bytes for e in entries},
         lossy=lossy,
         total_bytes=len(view),
     )
