@@ -280,7 +280,7 @@ def code_tflite(content: bytes, out: str, x_test: np.ndarray, y_test: np.ndarray
         },
         "bits_per_weight": {
             "entropy": entropy_bound_bits(tensors) / n_weights,
-            "ans_payload": 8 * sum(decoded.payload_bytes(n) + decoded.mask_bytes(n) for n in quantized) / n_weights,
+            "ans_payload": 8 * decoded.index_bytes / n_weights,
             "cdlz_ans_total": 8 * len(coded) / n_weights,
         },
         "test_examples": int(len(y_test)),

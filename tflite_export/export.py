@@ -100,10 +100,8 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     n_weights = sum(t.indices.size for t in quantized)
     float_values = sum(np.asarray(t).size for t in tensors.values() if not isinstance(t, coding.QuantizedTensor))
     bound = entropy_bound_bits(tensors)
-    payload_bits = {
-        name: 8 * sum(f.payload_bytes(n) + f.mask_bytes(n) for n, t in tensors.items()
-                      if isinstance(t, coding.QuantizedTensor))
-        for name, f in (("ans", coding.decode_bytes(coded)), ("huffman", coding.decode_bytes(huffman)))
+    index_bits = {
+        name: 8 * coding.decode_bytes(blob).index_bytes for name, blob in (("ans", coded), ("huffman", huffman))
     }
     report = {
         "workdir": os.path.abspath(workdir),
@@ -116,8 +114,8 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
         },
         "bits_per_weight": {
             "entropy": bound / n_weights,
-            "ans_payload": payload_bits["ans"] / n_weights,
-            "huffman_payload": payload_bits["huffman"] / n_weights,
+            "ans_payload": index_bits["ans"] / n_weights,
+            "huffman_payload": index_bits["huffman"] / n_weights,
             "cdlz_ans_total": 8 * len(coded) / n_weights,
         },
         "test_examples": int(len(y_test)),

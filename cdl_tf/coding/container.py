@@ -146,6 +146,12 @@ class CodedFile(Mapping[str, Tensor]):
         """Bytes of tensor ``name``'s live masks in the (uncompressed) header; 0 unless kind 3."""
         return self._mask_sizes[name]
 
+    @property
+    def index_bytes(self) -> int:
+        """Bytes that code the indices of all quantized tensors: their payloads and live masks."""
+        return sum(self._payload_sizes[n] + self._mask_sizes[n]
+                   for n, t in self._tensors.items() if isinstance(t, QuantizedTensor))
+
 
 # --------------------------------------------------------------------- writing
 
@@ -641,7 +647,7 @@ def _parse_quantized(
 
 def _parse_mask(reader: ByteReader, n: int, field: str) -> np.ndarray:
     """``ceil(n / 8)`` bytes, bit ``k`` of byte ``k // 8`` (least significant first) for item ``k``."""
-    raw = reader.raw(-(-n // 8), field)
+    raw = reader.raw((n + 7) // 8, field)
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
     if bits[n:].any():
         raise FormatError(f"{field}: padding bits after the {n} mask bits are not 0")
