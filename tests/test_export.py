@@ -54,12 +54,21 @@ def test_int8_weights_are_the_cdl_indices(exported):
         np.testing.assert_allclose(t["quantization_parameters"]["scales"], q, rtol=1e-6)
 
 
+# A one-epoch model has small margins, so the integer kernels' rounding flips a few near-ties.
+# Twelve draws of the fixture (1,000 test images each) disagreed with Keras on 0.38% +- 0.20%
+# of the images on the default kernels, 0.60% +- 0.23% on the builtin and 0.57% +- 0.19% on the
+# reference ones (at most 1.1%), and their accuracies differed from Keras by 0.0003 +- 0.0026 at
+# most. Both bounds lie about 6 standard deviations beyond the worst kernel set's mean, while the
+# model errs on 12-16% of the images, so a TFLite model computing anything else would break them.
+MAX_DISAGREEMENT = 0.02
+MAX_ACCURACY_GAP = 0.015
+
+
 def test_tflite_agrees_with_keras_hard_model(exported):
     _, report = exported
     acc = report["accuracy"]
-    # 1000 test images; a one-epoch model has small margins, so a few ties may flip.
-    assert acc["top1_agreement"] >= 0.99, acc
-    assert abs(acc["tflite_int8"] - acc["keras_q_u"]) <= 0.01
+    assert acc["top1_agreement"] >= 1 - MAX_DISAGREEMENT, acc
+    assert abs(acc["tflite_int8"] - acc["keras_q_u"]) <= MAX_ACCURACY_GAP, acc
     assert acc["keras_q_u"] > 0.7  # one epoch on 3000 images; chance is 0.1
 
 
@@ -69,9 +78,8 @@ def test_int8_model_on_other_kernel_sets(exported):
     acc = other["accuracy"]
     assert acc["tflite_int8"] == report["accuracy"]["tflite_int8"]  # the same model, converted again
     for k in ("builtin", "reference"):
-        # LeNet-5's grids are coarse next to the kernels' rounding differences: the same few ties may flip.
-        assert acc[f"top1_agreement_{k}"] >= 0.99, acc
-        assert abs(acc[f"tflite_int8_{k}"] - acc["keras_q_u"]) <= 0.01, acc
+        assert acc[f"top1_agreement_{k}"] >= 1 - MAX_DISAGREEMENT, acc
+        assert abs(acc[f"tflite_int8_{k}"] - acc["keras_q_u"]) <= MAX_ACCURACY_GAP, acc
     with pytest.raises(ValueError, match="unknown kernel sets"):
         export_workdir(str(workdir), str(workdir / "export_bad"), kernels=("xnnpack",))
     with pytest.raises(ValueError, match="kernels must be one of"):
