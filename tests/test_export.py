@@ -58,8 +58,9 @@ def test_int8_weights_are_the_cdl_indices(exported):
 # Twelve draws of the fixture (1,000 test images each) disagreed with Keras on 0.38% +- 0.20%
 # of the images on the default kernels, 0.60% +- 0.23% on the builtin and 0.57% +- 0.19% on the
 # reference ones (at most 1.1%); their accuracies minus Keras' were 0.0003 +- 0.0026 on the worst
-# kernel set (at most 0.006 apart). Both bounds lie about 6 standard deviations beyond the worst kernel set's mean, while the
-# model errs on 12-16% of the images, so a TFLite model computing anything else would break them.
+# kernel set (at most 0.006 apart). Both bounds lie about 6 standard deviations beyond the worst
+# kernel set's mean, while the model errs on 12-16% of the images, so a TFLite model computing
+# anything else would break them.
 MAX_DISAGREEMENT = 0.02
 MAX_ACCURACY_GAP = 0.015
 
