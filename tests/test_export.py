@@ -15,7 +15,7 @@ from tflite_export.coded import apply_coded, coded_tensors
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
 from tflite_export.export import eval_arrays, export_workdir
-from tflite_export.graph import InferenceGraph
+from tflite_export.graph import RANGE_DIGITS, InferenceGraph
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +250,27 @@ def test_weights_only_mlp_exports_every_kernel_as_cdl_indices():
     for layer in ("fc1", "fc2", "logits"):
         np.testing.assert_array_equal(_tflite_weight(tm, f"quant_{layer}")["value"], indices[f"quant_{layer}/kernel"].T)
     assert (tm.predict(x).argmax(1) == qm.predict(x, verbose=0).argmax(1)).mean() >= 0.9
+
+
+def test_calibrated_ranges_are_short_and_contain_the_calibration_data():
+    """Ranges are rounded outward to RANGE_DIGITS significant digits: every calibrated value stays
+    inside its float32 range, which is at most 10**(1 - RANGE_DIGITS) of its magnitude wider."""
+    rng = np.random.RandomState(7)
+    inp = keras.Input((5,))
+    out = keras.layers.Dense(4, name="logits")(keras.layers.Dense(6, activation="relu", name="fc1")(inp))
+    qm = cdl_tf.quantize_model(keras.Model(inp, out),
+                               cdl_tf.CDLConfig(quantize_activations=False, first_layer_bits=None))
+    batches = [(rng.randn(32, 5) * scale).astype("float32") for scale in (0.013, 7.1, 2300.0)]
+    qm(batches[0], training=True)
+    graph = InferenceGraph(qm)
+    graph.calibrate(batches)
+    fn = tf.function(graph.function("calibrate"))
+    probes = [fn(tf.constant(x))[1] for x in batches]
+    for name, (lo, hi) in graph.ranges.items():
+        seen_lo = min(0.0, *(float(tf.reduce_min(p[name])) for p in probes))
+        seen_hi = max(0.0, *(float(tf.reduce_max(p[name])) for p in probes))
+        assert np.float32(lo) <= np.float32(seen_lo) and np.float32(hi) >= np.float32(seen_hi), name
+        for bound, seen in ((lo, seen_lo), (hi, seen_hi)):
+            assert len(f"{abs(bound):e}".split("e")[0].rstrip("0").replace(".", "")) <= RANGE_DIGITS
+            assert abs(bound - seen) <= 10.0 ** (1 - RANGE_DIGITS) * abs(seen) + 1e-12, (name, bound, seen)
+        assert json.loads(json.dumps([lo, hi])) == [lo, hi]

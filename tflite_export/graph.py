@@ -19,6 +19,7 @@ representative dataset and keeps the ranges given here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -48,7 +49,8 @@ class WeightInfo:
     channel_scale: Optional[np.ndarray]  # g_c of a folded BatchNorm, else None
 
 
-def _inner(layer):
+def inner_layer(layer):
+    """The Keras layer a CDL wrapper wraps (the layer itself if unwrapped)."""
     return getattr(layer, "layer", layer)
 
 
@@ -73,9 +75,22 @@ def batchnorm_affine(bn: keras.layers.BatchNormalization) -> Tuple[np.ndarray, n
     return scale, beta - mean * scale
 
 
-def _act_name(layer) -> Optional[str]:
+def activation_name(layer) -> Optional[str]:
+    """Name of the activation function a layer applies (``None`` if it has none)."""
     act = getattr(layer, "activation", None)
     return None if act is None else getattr(act, "__name__", None)
+
+
+def layer_edges(model: keras.Model) -> Tuple[List[str], Dict[str, List[str]], Dict[str, List[str]]]:
+    """``(layer names in order, inbound layers, outbound layers)`` of a Functional model."""
+    config = model.get_config()
+    order = [entry["name"] for entry in config["layers"]]
+    inbound = {e["name"]: [ref[0] for node in e["inbound_nodes"] for ref in node] for e in config["layers"]}
+    outbound: Dict[str, List[str]] = {n: [] for n in order}
+    for name, sources in inbound.items():
+        for s in sources:
+            outbound[s].append(name)
+    return order, inbound, outbound
 
 
 class InferenceGraph:
@@ -91,15 +106,7 @@ class InferenceGraph:
         if isinstance(model, keras.Sequential):
             raise ExportError("export needs a Functional model (cdl_tf.quantize_model returns one)")
         self.model = model
-        config = model.get_config()
-        self.order = [entry["name"] for entry in config["layers"]]
-        self.inbound = {
-            e["name"]: [ref[0] for node in e["inbound_nodes"] for ref in node] for e in config["layers"]
-        }
-        self.outbound: Dict[str, List[str]] = {n: [] for n in self.order}
-        for name, sources in self.inbound.items():
-            for s in sources:
-                self.outbound[s].append(name)
+        self.order, self.inbound, self.outbound = layer_edges(model)
         self.output_names = list(model.output_names)
         self.input_names = list(model.input_names)
         if len(self.output_names) != 1 or len(self.input_names) != 1:
@@ -124,8 +131,8 @@ class InferenceGraph:
             src = self.inbound[name]
             if len(src) != 1 or self.outbound[src[0]] != [name]:
                 continue
-            inner = _inner(self.layer(src[0]))
-            if type(inner) is keras.layers.Conv2D and _act_name(inner) in (None, "linear"):
+            inner = inner_layer(self.layer(src[0]))
+            if type(inner) is keras.layers.Conv2D and activation_name(inner) in (None, "linear"):
                 if getattr(self.layer(src[0]), "_output_quantizers", None):
                     continue
                 self.folded[name] = src[0]
@@ -147,7 +154,7 @@ class InferenceGraph:
         fold_of = {v: k for k, v in self.folded.items()}
         for name in self.order:
             layer = self.layer(name)
-            inner = _inner(layer)
+            inner = inner_layer(layer)
             attr = {keras.layers.Conv2D: "kernel", keras.layers.Dense: "kernel",
                     keras.layers.DepthwiseConv2D: "depthwise_kernel"}.get(type(inner))
             if attr is None:
@@ -182,24 +189,24 @@ class InferenceGraph:
     def _needs_range(self, name: str) -> bool:
         """Whether TFLite materialises this layer's output with a range of its own."""
         layer = self.layer(name)
-        inner = _inner(layer)
+        inner = inner_layer(layer)
         if getattr(layer, "_output_quantizers", None):
             return False  # CDL grid
         if name in self.folded or isinstance(inner, _PASS_THROUGH):
             return False
-        consumers = [_inner(self.layer(c)) for c in self._consumers(name)]
+        consumers = [inner_layer(self.layer(c)) for c in self._consumers(name)]
         fusable = isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D,
                                      keras.layers.Add, keras.layers.BatchNormalization))
         if fusable and name not in self.output_names and len(consumers) == 1 and (
             isinstance(consumers[0], keras.layers.ReLU)
-            or (isinstance(consumers[0], keras.layers.Activation) and _act_name(consumers[0]) in _RELU_NAMES)
+            or (isinstance(consumers[0], keras.layers.Activation) and activation_name(consumers[0]) in _RELU_NAMES)
         ):
             return False  # fused with the following ReLU
         return True
 
     def _needs_range_after_fold(self, bn: str) -> bool:
         return bn in self.output_names or not (
-            len(self.outbound[bn]) == 1 and isinstance(_inner(self.layer(self.outbound[bn][0])), keras.layers.ReLU)
+            len(self.outbound[bn]) == 1 and isinstance(inner_layer(self.layer(self.outbound[bn][0])), keras.layers.ReLU)
         )
 
     def _consumers(self, name: str) -> List[str]:
@@ -246,7 +253,7 @@ class InferenceGraph:
 
     def _apply(self, name: str, ins: List[tf.Tensor], mode: str) -> tf.Tensor:
         layer = self.layer(name)
-        inner = _inner(layer)
+        inner = inner_layer(layer)
         x = ins[0]
         if name in self.weights:
             out = self._weighted(name, inner, x, mode)
@@ -259,7 +266,7 @@ class InferenceGraph:
         elif isinstance(inner, keras.layers.ReLU):
             out = tf.nn.relu(x) if inner.max_value is None else tf.clip_by_value(x, 0.0, float(inner.max_value))
         elif isinstance(inner, keras.layers.Activation):
-            out = _activation_fn(_act_name(inner))(x)
+            out = _activation_fn(activation_name(inner))(x)
         elif isinstance(inner, keras.layers.Add):
             out = ins[0]
             for other in ins[1:]:
@@ -302,7 +309,7 @@ class InferenceGraph:
             out = tf.nn.conv2d(x, w, inner.strides, inner.padding.upper(), dilations=inner.dilation_rate)
         if name in self.biases:
             out = tf.nn.bias_add(out, tf.constant(self.biases[name]))
-        return _activation_fn(_act_name(inner))(out)
+        return _activation_fn(activation_name(inner))(out)
 
     def _output_grid(self, name: str, out: tf.Tensor, mode: str) -> tf.Tensor:
         """Clip to the CDL activation grid and, for int8, fake-quantize onto it."""
@@ -342,14 +349,29 @@ class InferenceGraph:
                 highs[name] = max(highs.get(name, 0.0), float(tf.reduce_max(t)))
         if not lows:
             raise ExportError("no calibration batch was given")
-        self.ranges = {n: (_short_float32(lows[n]), _short_float32(max(highs[n], lows[n] + 1e-6))) for n in lows}
+        self.ranges = {n: (_round_out(lows[n], floor=True), _round_out(max(highs[n], lows[n] + 1e-6), floor=False))
+                       for n in lows}
         return self.ranges
 
 
-def _short_float32(v: float) -> float:
-    """``v`` rounded to float32 and written with the fewest decimal digits that identify it.
+RANGE_DIGITS = 3
 
-    Ranges are stored as JSON numbers in the ``.cdlz`` metadata; this keeps them short
-    (``2.8255963`` instead of ``2.825596332550049``) and the same after a JSON round trip.
+
+def _round_out(v: float, floor: bool) -> float:
+    """``v`` rounded away from the range's inside to ``RANGE_DIGITS`` significant digits.
+
+    Ranges are stored as JSON numbers in the ``.cdlz`` metadata, where every digit costs
+    bytes: ``[-0.421, 2.83]`` instead of ``[-0.4200211, 2.8255963]``. Rounding outward keeps
+    every calibrated value inside its range and widens it by less than ``10**(1 - RANGE_DIGITS)``
+    of its magnitude (the int8 step grows by as much). The result is the shortest decimal of
+    a float32, so it is the same after a JSON round trip and in the float32 graph.
     """
-    return float(str(np.float32(v)))
+    if v == 0:
+        return 0.0
+    exponent = math.floor(math.log10(abs(v))) - RANGE_DIGITS + 1
+    mantissa = v / 10.0 ** exponent
+    mantissa = math.floor(mantissa) if floor else math.ceil(mantissa)
+    rounded = np.float32(f"{mantissa}e{exponent}")
+    if (rounded > np.float32(v)) if floor else (rounded < np.float32(v)):  # float32 rounding crossed v
+        rounded = np.float32(f"{mantissa - 1 if floor else mantissa + 1}e{exponent}")
+    return float(str(rounded))

@@ -1,0 +1,123 @@
+"""Units nothing reads: zeroed in the coded tensors, with the model's outputs unchanged."""
+import dataclasses
+
+import numpy as np
+import tf_keras as keras
+
+import cdl_tf
+from cdl_tf.coding import QuantizedTensor
+from tflite_export.coded import apply_coded, coded_tensors
+from tflite_export.unread import zero_unread
+
+
+
+def _quantized(model: keras.Model, x: np.ndarray, quantize_biases: bool = True) -> keras.Model:
+    config = cdl_tf.CDLConfig(quantize_activations=False, quantize_biases=quantize_biases,
+                              first_layer_bits=None, last_layer_bits=None)
+    qm = cdl_tf.quantize_model(model, config)
+    qm(x, training=True)  # initialises the steps from the weights
+    return qm
+
+
+def _with_indices(tensors: dict, **kernels: np.ndarray) -> dict:
+    """``tensors`` with the kernels of the given layers replaced and every bias set to index 1."""
+    out = dict(tensors)
+    for layer, indices in kernels.items():
+        out[f"quant_{layer}/kernel"] = dataclasses.replace(out[f"quant_{layer}/kernel"],
+                                                           indices=np.asarray(indices, np.int32))
+        bias = out[f"quant_{layer}/bias"]
+        out[f"quant_{layer}/bias"] = dataclasses.replace(bias, indices=np.ones_like(bias.indices))
+    return out
+
+
+def _values(tensor) -> np.ndarray:
+    return tensor.indices if isinstance(tensor, QuantizedTensor) else np.asarray(tensor)
+
+
+def _live(tensors: dict, layer: str) -> np.ndarray:
+    """Per output channel of ``layer``: kernel column or bias non-zero."""
+    kernel, bias = _values(tensors[f"quant_{layer}/kernel"]), _values(tensors[f"quant_{layer}/bias"])
+    return (kernel != 0).reshape(-1, kernel.shape[-1]).any(axis=0) | (bias != 0)
+
+
+def _dense_chain(x_dim: int = 6, widths=(5, 8, 3), mid_activation: str = "relu") -> keras.Model:
+    inp = keras.Input((x_dim,))
+    h = keras.layers.Dense(widths[0], activation="relu", name="fc1")(inp)
+    h = keras.layers.Dense(widths[1], activation=mid_activation, name="fc2")(h)
+    return keras.Model(inp, keras.layers.Dense(widths[2], name="fc3")(h))
+
+
+def test_unread_dense_units_are_zeroed_and_the_pass_repeats():
+    """fc3 reads no unit 0-3 of fc2; without them fc2 reads no unit 0-1 of fc1."""
+    keras.utils.set_random_seed(1)
+    x = np.random.RandomState(2).randn(16, 6).astype("float32")
+    qm = _quantized(_dense_chain(), x)
+    k2 = np.ones((5, 8), int)
+    k2[:2, 4:] = 0  # fc1 units 0-1 feed only fc2 units 0-3
+    k3 = np.ones((8, 3), int)
+    k3[:4] = 0  # nothing reads fc2 units 0-3
+    tensors = _with_indices(coded_tensors(qm), fc1=np.ones((6, 5), int), fc2=k2, fc3=k3)
+    out = zero_unread(qm, tensors)
+    np.testing.assert_array_equal(_live(out, "fc2"), [False] * 4 + [True] * 4)
+    np.testing.assert_array_equal(_live(out, "fc1"), [False, False, True, True, True])
+    assert _live(out, "fc3").all()
+    np.testing.assert_array_equal(out["quant_fc2/kernel"].indices[2:, 4:], 1)  # read weights kept
+    assert out["quant_fc3/kernel"] is tensors["quant_fc3/kernel"]
+
+
+def test_conv_channels_are_unread_only_when_no_flattened_position_reads_them():
+    """Flatten maps channel c of an (H, W, C) map to features i with i mod C == c."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    h = keras.layers.Flatten()(keras.layers.MaxPooling2D()(h))  # (2, 2, 4) -> 16 features
+    qm = _quantized(keras.Model(inp, keras.layers.Dense(3, name="fc")(h)),
+                    np.random.RandomState(4).rand(8, 6, 6, 1).astype("float32"))
+    fc = np.ones((16, 3), int)
+    fc[1::4] = 0  # no position reads channel 1
+    fc[2::4][:3] = 0  # one position still reads channel 2
+    out = zero_unread(qm, _with_indices(coded_tensors(qm), conv=np.ones((3, 3, 1, 4), int), fc=fc))
+    np.testing.assert_array_equal(_live(out, "conv"), [True, False, True, True])
+
+
+def test_channels_mixed_by_softmax_or_a_residual_sum_count_as_read():
+    keras.utils.set_random_seed(5)
+    x = np.random.RandomState(6).randn(16, 6).astype("float32")
+    k3 = np.ones((8, 3), int)
+    k3[:4] = 0
+    qm = _quantized(_dense_chain(mid_activation="softmax"), x)
+    out = zero_unread(qm, _with_indices(coded_tensors(qm), fc2=np.ones((5, 8), int), fc3=k3))
+    assert _live(out, "fc2").all()
+
+    inp = keras.Input((6,))
+    a = keras.layers.Dense(8, activation="relu", name="fc1")(inp)
+    b = keras.layers.Add()([a, keras.layers.Dense(8, name="fc2")(a)])
+    qm = _quantized(keras.Model(inp, keras.layers.Dense(3, name="fc3")(b)), x)
+    k2 = np.ones((8, 8), int)
+    k2[:4] = 0  # fc2 reads no unit 0-3 of fc1, but the sum does
+    out = zero_unread(qm, _with_indices(coded_tensors(qm), fc1=np.ones((6, 8), int), fc2=k2, fc3=k3))
+    assert _live(out, "fc1").all() and _live(out, "fc2").all()
+
+
+def test_coding_a_model_with_unread_units_leaves_its_outputs_unchanged():
+    """The zeroed units (float biases here) are unread: giving them weights again does not move a
+    single output bit."""
+    keras.utils.set_random_seed(7)
+    model = _dense_chain()
+    w3 = model.get_layer("fc3").get_weights()
+    w3[0][:4] = 0.0
+    model.get_layer("fc3").set_weights(w3)
+    x = np.random.RandomState(8).randn(64, 6).astype("float32")
+    qm = _quantized(model, x, quantize_biases=False)
+    before = qm.predict(x, verbose=0)
+    tensors = coded_tensors(qm)
+    assert not _live(tensors, "fc2")[:4].any()
+    apply_coded(qm, tensors)
+    decoded = qm.predict(x, verbose=0)
+    np.testing.assert_allclose(decoded, before, rtol=1e-5, atol=1e-5)
+    kernel, bias = tensors["quant_fc2/kernel"].indices.copy(), np.array(tensors["quant_fc2/bias"])
+    kernel[:, :4], bias[:4] = 1, 1.0
+    revived = {**tensors, "quant_fc2/kernel": dataclasses.replace(tensors["quant_fc2/kernel"], indices=kernel),
+               "quant_fc2/bias": bias}
+    apply_coded(qm, revived)
+    np.testing.assert_array_equal(qm.predict(x, verbose=0), decoded)

@@ -1,0 +1,126 @@
+"""Units nothing reads, zeroed before coding.
+
+Output channel ``c`` of a Conv2D or Dense layer ``L`` is *unread* when every path from
+``L``'s output ends in a Conv2D, DepthwiseConv2D or Dense layer whose kernel is zero at
+every weight that reads ``c``:
+
+    unread(c)  <=>  for every reader M:  W_M[..., i, :] = 0  for every input feature i of c,
+
+passing on the way only through layers that keep channels apart (activations, pooling,
+Dropout, BatchNormalization, ZeroPadding2D) and Flatten, after which channel ``c`` of an
+``(H, W, C)`` map is every feature ``i`` with ``i mod C = c``. A path into anything else
+(Add, Concatenate, Reshape, grouped convolutions, the model output) reads every channel.
+
+The readers multiply an unread channel by exact zeros, so for finite activations zeroing
+``L``'s kernel column and bias at ``c`` changes no output, while the coded file no longer
+pays for them (sparse CDL layers keep biases and incoming weights of units whose outgoing
+weights all went to zero). A zeroed column may leave input channels of ``L`` unread in
+turn, so the pass repeats until nothing changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import tf_keras as keras
+
+from cdl_tf.coding import QuantizedTensor
+from tflite_export.graph import activation_name, inner_layer, layer_edges
+
+_CHANNELWISE = (keras.layers.ReLU, keras.layers.Activation, keras.layers.MaxPooling2D,
+                keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.Dropout,
+                keras.layers.BatchNormalization, keras.layers.ZeroPadding2D)
+_ELEMENTWISE_ACTIVATIONS = (None, "linear", "relu", "relu6")
+_KERNEL_ATTR = {keras.layers.Conv2D: "kernel", keras.layers.Dense: "kernel",
+                keras.layers.DepthwiseConv2D: "depthwise_kernel"}
+
+
+def _nonzero(tensor) -> np.ndarray:
+    return (tensor.indices if isinstance(tensor, QuantizedTensor) else np.asarray(tensor)) != 0
+
+
+def _keeps_channels_apart(inner) -> bool:
+    """Whether channel ``c`` of the layer's output depends on channel ``c`` of its input alone."""
+    if not isinstance(inner, _CHANNELWISE) or getattr(inner, "data_format", "channels_last") != "channels_last":
+        return False
+    if isinstance(inner, keras.layers.BatchNormalization):
+        return list(inner.axis) in ([-1], [len(inner.input_shape) - 1])
+    return activation_name(inner) in _ELEMENTWISE_ACTIVATIONS
+
+
+def _features_read(inner, tensor) -> Optional[np.ndarray]:
+    """Per input feature of a reader layer, whether some weight reads it; ``None``: all are read."""
+    if tensor is None or (isinstance(inner, keras.layers.Conv2D) and getattr(inner, "groups", 1) != 1):
+        return None
+    nonzero = _nonzero(tensor)
+    return nonzero.reshape(-1, nonzero.shape[-2], nonzero.shape[-1]).any(axis=(0, 2))
+
+
+def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[str, object], name: str) -> np.ndarray:
+    """Per output channel of layer ``name``, whether nothing reads it (see the module docstring)."""
+    channels = model.get_layer(name).output_shape[-1]
+    everything_read = np.zeros(channels, dtype=bool)
+    if name in model.output_names or activation_name(inner_layer(model.get_layer(name))) not in _ELEMENTWISE_ACTIVATIONS:
+        return everything_read
+    read = np.zeros(channels, dtype=bool)
+    pending = [(c, None) for c in outbound[name]]  # (layer, period): after Flatten, feature i is channel i mod period
+    while pending:
+        layer_name, period = pending.pop()
+        inner = inner_layer(model.get_layer(layer_name))
+        if type(inner) in _KERNEL_ATTR:
+            features = _features_read(inner, tensors.get(f"{layer_name}/{_KERNEL_ATTR[type(inner)]}"))
+            if features is None or (period is None and features.size != channels):
+                return everything_read
+            read |= features if period is None else features.reshape(-1, period).any(axis=0)
+            continue
+        if isinstance(inner, keras.layers.Flatten) and period is None and inner.data_format == "channels_last":
+            period = channels
+        elif not _keeps_channels_apart(inner):
+            return everything_read
+        if layer_name in model.output_names:
+            return everything_read
+        pending.extend((c, period) for c in outbound[layer_name])
+    return ~read
+
+
+def _live(kernel, bias) -> np.ndarray:
+    """Per output channel, whether its kernel column or bias holds a non-zero value."""
+    live = _nonzero(kernel).reshape(-1, kernel.shape[-1]).any(axis=0)
+    return live if bias is None else live | _nonzero(bias)
+
+
+def _zero_channels(tensor, unread: np.ndarray):
+    """``tensor`` with its last axis zeroed at ``unread`` (quantized only if index 0 is in its alphabet)."""
+    if isinstance(tensor, QuantizedTensor):
+        if not tensor.lo <= 0 <= tensor.hi:
+            return tensor
+        indices = tensor.indices.copy()
+        indices[..., unread] = 0
+        return dataclasses.replace(tensor, indices=indices)
+    values = np.array(tensor, dtype=np.float32)
+    values[..., unread] = 0
+    return values
+
+
+def zero_unread(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, object]:
+    """``tensors`` (named as `tflite_export.coded.coded_tensors` names them) with the kernel column
+    and bias of every unread output channel of a Conv2D or Dense layer set to zero."""
+    out = dict(tensors)
+    _, _, outbound = layer_edges(model)
+    writers = [l.name for l in model.layers
+               if type(inner_layer(l)) in (keras.layers.Conv2D, keras.layers.Dense) and f"{l.name}/kernel" in out]
+    changed = True
+    while changed:
+        changed = False
+        for name in writers:
+            kernel_key, bias_key = f"{name}/kernel", f"{name}/bias"
+            before = _live(out[kernel_key], out.get(bias_key))
+            unread = _unread(model, outbound, out, name) & before
+            if not unread.any():
+                continue
+            out[kernel_key] = _zero_channels(out[kernel_key], unread)
+            if bias_key in out:
+                out[bias_key] = _zero_channels(out[bias_key], unread)
+            changed |= bool((_live(out[kernel_key], out.get(bias_key)) != before).any())
+    return out
