@@ -1,4 +1,4 @@
-"""Units nothing reads: zeroed in the coded tensors, with the model's outputs unchanged."""
+"""Units nothing reads: cleared in the coded tensors, with the model's outputs unchanged."""
 import dataclasses
 
 import numpy as np
@@ -7,7 +7,7 @@ import tf_keras as keras
 import cdl_tf
 from cdl_tf.coding import QuantizedTensor
 from tflite_export.coded import apply_coded, coded_tensors
-from tflite_export.unread import zero_unread
+from tflite_export.unread import fill_unread
 
 
 
@@ -35,9 +35,9 @@ def _values(tensor) -> np.ndarray:
 
 
 def _live(tensors: dict, layer: str) -> np.ndarray:
-    """Per output channel of ``layer``: kernel column or bias non-zero."""
-    kernel, bias = _values(tensors[f"quant_{layer}/kernel"]), _values(tensors[f"quant_{layer}/bias"])
-    return (kernel != 0).reshape(-1, kernel.shape[-1]).any(axis=0) | (bias != 0)
+    """Per output channel of ``layer``: kernel column non-zero."""
+    kernel = _values(tensors[f"quant_{layer}/kernel"])
+    return (kernel != 0).reshape(-1, kernel.shape[-1]).any(axis=0)
 
 
 def _dense_chain(x_dim: int = 6, widths=(5, 8, 3), mid_activation: str = "relu") -> keras.Model:
@@ -47,7 +47,7 @@ def _dense_chain(x_dim: int = 6, widths=(5, 8, 3), mid_activation: str = "relu")
     return keras.Model(inp, keras.layers.Dense(widths[2], name="fc3")(h))
 
 
-def test_unread_dense_units_are_zeroed_and_the_pass_repeats():
+def test_unread_dense_units_are_cleared_and_the_pass_repeats():
     """fc3 reads no unit 0-3 of fc2; without them fc2 reads no unit 0-1 of fc1."""
     keras.utils.set_random_seed(1)
     x = np.random.RandomState(2).randn(16, 6).astype("float32")
@@ -57,12 +57,24 @@ def test_unread_dense_units_are_zeroed_and_the_pass_repeats():
     k3 = np.ones((8, 3), int)
     k3[:4] = 0  # nothing reads fc2 units 0-3
     tensors = _with_indices(coded_tensors(qm), fc1=np.ones((6, 5), int), fc2=k2, fc3=k3)
-    out = zero_unread(qm, tensors)
+    out = fill_unread(qm, tensors)
     np.testing.assert_array_equal(_live(out, "fc2"), [False] * 4 + [True] * 4)
     np.testing.assert_array_equal(_live(out, "fc1"), [False, False, True, True, True])
     assert _live(out, "fc3").all()
     np.testing.assert_array_equal(out["quant_fc2/kernel"].indices[2:, 4:], 1)  # read weights kept
     assert out["quant_fc3/kernel"] is tensors["quant_fc3/kernel"]
+    np.testing.assert_array_equal(out["quant_fc2/bias"].indices, 1)  # all 1 already: the read ones' mode
+
+
+def test_unread_biases_take_the_most_common_read_index():
+    """Read biases [2, 2, 2, 5]: the unread ones become 2. Zeros would add a symbol."""
+    keras.utils.set_random_seed(9)
+    qm = _quantized(_dense_chain(), np.random.RandomState(10).randn(16, 6).astype("float32"))
+    k3 = np.ones((8, 3), int)
+    k3[:4] = 0
+    tensors = _with_indices(coded_tensors(qm), fc2=np.ones((5, 8), int), fc3=k3)
+    tensors["quant_fc2/bias"] = dataclasses.replace(tensors["quant_fc2/bias"], indices=np.array([0, 1, 3, 4, 2, 2, 2, 5]))
+    np.testing.assert_array_equal(fill_unread(qm, tensors)["quant_fc2/bias"].indices, [2, 2, 2, 2, 2, 2, 2, 5])
 
 
 def test_conv_channels_are_unread_only_when_no_flattened_position_reads_them():
@@ -76,7 +88,7 @@ def test_conv_channels_are_unread_only_when_no_flattened_position_reads_them():
     fc = np.ones((16, 3), int)
     fc[1::4] = 0  # no position reads channel 1
     fc[2::4][:3] = 0  # one position still reads channel 2
-    out = zero_unread(qm, _with_indices(coded_tensors(qm), conv=np.ones((3, 3, 1, 4), int), fc=fc))
+    out = fill_unread(qm, _with_indices(coded_tensors(qm), conv=np.ones((3, 3, 1, 4), int), fc=fc))
     np.testing.assert_array_equal(_live(out, "conv"), [True, False, True, True])
 
 
@@ -86,7 +98,7 @@ def test_channels_mixed_by_softmax_or_a_residual_sum_count_as_read():
     k3 = np.ones((8, 3), int)
     k3[:4] = 0
     qm = _quantized(_dense_chain(mid_activation="softmax"), x)
-    out = zero_unread(qm, _with_indices(coded_tensors(qm), fc2=np.ones((5, 8), int), fc3=k3))
+    out = fill_unread(qm, _with_indices(coded_tensors(qm), fc2=np.ones((5, 8), int), fc3=k3))
     assert _live(out, "fc2").all()
 
     inp = keras.Input((6,))
@@ -95,7 +107,7 @@ def test_channels_mixed_by_softmax_or_a_residual_sum_count_as_read():
     qm = _quantized(keras.Model(inp, keras.layers.Dense(3, name="fc3")(b)), x)
     k2 = np.ones((8, 8), int)
     k2[:4] = 0  # fc2 reads no unit 0-3 of fc1, but the sum does
-    out = zero_unread(qm, _with_indices(coded_tensors(qm), fc1=np.ones((6, 8), int), fc2=k2, fc3=k3))
+    out = fill_unread(qm, _with_indices(coded_tensors(qm), fc1=np.ones((6, 8), int), fc2=k2, fc3=k3))
     assert _live(out, "fc1").all() and _live(out, "fc2").all()
 
 

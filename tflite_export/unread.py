@@ -1,4 +1,4 @@
-"""Units nothing reads, zeroed before coding.
+"""Units nothing reads, given the cheapest values before coding.
 
 Output channel ``c`` of a Conv2D or Dense layer ``L`` is *unread* when every path from
 ``L``'s output ends in a Conv2D, DepthwiseConv2D or Dense layer whose kernel is zero at
@@ -11,11 +11,16 @@ Dropout, BatchNormalization, ZeroPadding2D) and Flatten, after which channel ``c
 ``(H, W, C)`` map is every feature ``i`` with ``i mod C = c``. A path into anything else
 (Add, Concatenate, Reshape, grouped convolutions, the model output) reads every channel.
 
-The readers multiply an unread channel by exact zeros, so for finite activations zeroing
-``L``'s kernel column and bias at ``c`` changes no output, while the coded file no longer
-pays for them (sparse CDL layers keep biases and incoming weights of units whose outgoing
-weights all went to zero). A zeroed column may leave input channels of ``L`` unread in
-turn, so the pass repeats until nothing changes.
+The readers multiply an unread channel by exact zeros, so for finite activations the
+values of ``L``'s kernel column and bias at ``c`` change no output, and they are set to
+what costs the fewest bits (sparse CDL layers keep biases and incoming weights of units
+whose outgoing weights all went to zero): the kernel column to index 0, which is also what
+lets live masks drop it, and a quantized bias to the index most frequent among the read
+channels' biases, ``k* = argmax_k #{c' read : b_c' = k}``. Of all values the unread
+entries could take, this gives the lowest empirical entropy of the bias tensor: its counts
+(those of the read entries plus all unread ones at ``k*``) majorise every other choice's,
+and entropy is Schur-concave; zeros can raise it. A cleared column may leave input
+channels of ``L`` unread in turn, so the pass repeats until nothing changes.
 """
 from __future__ import annotations
 
@@ -84,28 +89,42 @@ def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[s
     return ~read
 
 
-def _live(kernel, bias) -> np.ndarray:
-    """Per output channel, whether its kernel column or bias holds a non-zero value."""
-    live = _nonzero(kernel).reshape(-1, kernel.shape[-1]).any(axis=0)
-    return live if bias is None else live | _nonzero(bias)
-
-
-def _zero_channels(tensor, unread: np.ndarray):
-    """``tensor`` with its last axis zeroed at ``unread`` (quantized only if index 0 is in its alphabet)."""
-    if isinstance(tensor, QuantizedTensor):
-        if not tensor.lo <= 0 <= tensor.hi:
-            return tensor
-        indices = tensor.indices.copy()
+def _clear_columns(kernel, unread: np.ndarray):
+    """``kernel`` with its output channels ``unread`` set to 0 (quantized: if 0 is in its alphabet)."""
+    if isinstance(kernel, QuantizedTensor):
+        if not kernel.lo <= 0 <= kernel.hi:
+            return kernel
+        indices = kernel.indices.copy()
         indices[..., unread] = 0
-        return dataclasses.replace(tensor, indices=indices)
-    values = np.array(tensor, dtype=np.float32)
+        return dataclasses.replace(kernel, indices=indices)
+    values = np.array(kernel, dtype=np.float32)
     values[..., unread] = 0
     return values
 
 
-def zero_unread(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, object]:
+def _fill_bias(bias, unread: np.ndarray):
+    """``bias`` with the entries ``unread`` set to the most frequent index of the others (float: 0)."""
+    if not isinstance(bias, QuantizedTensor):
+        values = np.array(bias, dtype=np.float32)
+        values[unread] = 0
+        return values
+    indices = bias.indices.copy()
+    read = indices[~unread]
+    if read.size:
+        symbols, counts = np.unique(read, return_counts=True)
+        indices[unread] = symbols[np.argmax(counts)]
+    elif bias.lo <= 0 <= bias.hi:
+        indices[unread] = 0
+    return dataclasses.replace(bias, indices=indices)
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a.indices, b.indices) if isinstance(a, QuantizedTensor) else np.array_equal(a, b)
+
+
+def fill_unread(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, object]:
     """``tensors`` (named as `tflite_export.coded.coded_tensors` names them) with the kernel column
-    and bias of every unread output channel of a Conv2D or Dense layer set to zero."""
+    and bias of every unread output channel of a Conv2D or Dense layer set to their cheapest values."""
     out = dict(tensors)
     _, _, outbound = layer_edges(model)
     writers = [l.name for l in model.layers
@@ -114,13 +133,12 @@ def zero_unread(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, 
     while changed:
         changed = False
         for name in writers:
-            kernel_key, bias_key = f"{name}/kernel", f"{name}/bias"
-            before = _live(out[kernel_key], out.get(bias_key))
-            unread = _unread(model, outbound, out, name) & before
+            unread = _unread(model, outbound, out, name)
             if not unread.any():
                 continue
-            out[kernel_key] = _zero_channels(out[kernel_key], unread)
-            if bias_key in out:
-                out[bias_key] = _zero_channels(out[bias_key], unread)
-            changed |= bool((_live(out[kernel_key], out.get(bias_key)) != before).any())
+            for key, fill in ((f"{name}/kernel", _clear_columns), (f"{name}/bias", _fill_bias)):
+                if key in out:
+                    filled = fill(out[key], unread)
+                    changed |= not _same(filled, out[key])
+                    out[key] = filled
     return out
