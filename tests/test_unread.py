@@ -133,3 +133,16 @@ def test_coding_a_model_with_unread_units_leaves_its_outputs_unchanged():
                "quant_fc2/bias": bias}
     apply_coded(qm, revived)
     np.testing.assert_array_equal(qm.predict(x, verbose=0), decoded)
+
+
+def test_sequential_models_are_walked_too():
+    """`quantize_model` keeps a Sequential model Sequential; its unread units are found as well."""
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu", name="fc1"),
+                              keras.layers.Dense(8, activation="relu", name="fc2"), keras.layers.Dense(3, name="fc3")])
+    qm = _quantized(model, np.random.RandomState(12).randn(16, 6).astype("float32"))
+    k3 = np.ones((8, 3), int)
+    k3[:4] = 0
+    out = fill_unread(qm, _with_indices(coded_tensors(qm), fc1=np.ones((6, 5), int), fc2=np.ones((5, 8), int), fc3=k3))
+    np.testing.assert_array_equal(_live(out, "fc2"), [False] * 4 + [True] * 4)
+    assert _live(out, "fc1").all()

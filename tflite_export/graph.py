@@ -82,10 +82,14 @@ def activation_name(layer) -> Optional[str]:
 
 
 def layer_edges(model: keras.Model) -> Tuple[List[str], Dict[str, List[str]], Dict[str, List[str]]]:
-    """``(layer names in order, inbound layers, outbound layers)`` of a Functional model."""
-    config = model.get_config()
-    order = [entry["name"] for entry in config["layers"]]
-    inbound = {e["name"]: [ref[0] for node in e["inbound_nodes"] for ref in node] for e in config["layers"]}
+    """``(layer names in order, inbound layers, outbound layers)`` of a Functional or Sequential model."""
+    if isinstance(model, keras.Sequential):
+        order = [layer.name for layer in model.layers]
+        inbound = {name: order[i - 1:i] for i, name in enumerate(order)}
+    else:
+        config = model.get_config()
+        order = [entry["name"] for entry in config["layers"]]
+        inbound = {e["name"]: [ref[0] for node in e["inbound_nodes"] for ref in node] for e in config["layers"]}
     outbound: Dict[str, List[str]] = {n: [] for n in order}
     for name, sources in inbound.items():
         for s in sources:
