@@ -273,4 +273,3 @@ def test_calibrated_ranges_are_short_and_contain_the_calibration_data():
         for bound, seen in ((lo, seen_lo), (hi, seen_hi)):
             assert len(f"{abs(bound):e}".split("e")[0].rstrip("0").replace(".", "")) <= RANGE_DIGITS
             assert abs(bound - seen) <= 10.0 ** (1 - RANGE_DIGITS) * abs(seen) + 1e-12, (name, bound, seen)
-        assert json.loads(json.dumps([lo, hi])) == [lo, hi]

@@ -89,15 +89,16 @@ def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[s
     return ~read
 
 
-def _clear_columns(kernel, unread: np.ndarray):
-    """``kernel`` with its output channels ``unread`` set to 0 (quantized: if 0 is in its alphabet)."""
-    if isinstance(kernel, QuantizedTensor):
-        if not kernel.lo <= 0 <= kernel.hi:
-            return kernel
-        indices = kernel.indices.copy()
+def _clear_columns(tensor, unread: np.ndarray):
+    """``tensor`` with the output channels ``unread`` (last axis) set to 0 (quantized: if 0 is in
+    its alphabet)."""
+    if isinstance(tensor, QuantizedTensor):
+        if not tensor.lo <= 0 <= tensor.hi:
+            return tensor
+        indices = tensor.indices.copy()
         indices[..., unread] = 0
-        return dataclasses.replace(kernel, indices=indices)
-    values = np.array(kernel, dtype=np.float32)
+        return dataclasses.replace(tensor, indices=indices)
+    values = np.array(tensor, dtype=np.float32)
     values[..., unread] = 0
     return values
 
@@ -105,9 +106,7 @@ def _clear_columns(kernel, unread: np.ndarray):
 def _fill_bias(bias, unread: np.ndarray):
     """``bias`` with the entries ``unread`` set to the most frequent index of the others (float: 0)."""
     if not isinstance(bias, QuantizedTensor):
-        values = np.array(bias, dtype=np.float32)
-        values[unread] = 0
-        return values
+        return _clear_columns(bias, unread)
     indices = bias.indices.copy()
     read = indices[~unread]
     if read.size:
