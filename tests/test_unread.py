@@ -10,7 +10,6 @@ from tflite_export.coded import apply_coded, coded_tensors
 from tflite_export.unread import fill_unread
 
 
-
 def _quantized(model: keras.Model, x: np.ndarray, quantize_biases: bool = True) -> keras.Model:
     config = cdl_tf.CDLConfig(quantize_activations=False, quantize_biases=quantize_biases,
                               first_layer_bits=None, last_layer_bits=None)
@@ -40,11 +39,12 @@ def _live(tensors: dict, layer: str) -> np.ndarray:
     return (kernel != 0).reshape(-1, kernel.shape[-1]).any(axis=0)
 
 
-def _dense_chain(x_dim: int = 6, widths=(5, 8, 3), mid_activation: str = "relu") -> keras.Model:
-    inp = keras.Input((x_dim,))
-    h = keras.layers.Dense(widths[0], activation="relu", name="fc1")(inp)
-    h = keras.layers.Dense(widths[1], activation=mid_activation, name="fc2")(h)
-    return keras.Model(inp, keras.layers.Dense(widths[2], name="fc3")(h))
+def _dense_chain(mid_activation: str = "relu") -> keras.Model:
+    """6 inputs -> fc1 (5) -> fc2 (8) -> fc3 (3)."""
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(5, activation="relu", name="fc1")(inp)
+    h = keras.layers.Dense(8, activation=mid_activation, name="fc2")(h)
+    return keras.Model(inp, keras.layers.Dense(3, name="fc3")(h))
 
 
 def test_unread_dense_units_are_cleared_and_the_pass_repeats():

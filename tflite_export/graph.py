@@ -31,6 +31,8 @@ from cdl_tf.quantize import quantizers
 _PASS_THROUGH = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape,
                  keras.layers.Dropout, keras.layers.ZeroPadding2D)
 _RELU_NAMES = ("relu", "relu6")
+KERNEL_ATTRIBUTE = {keras.layers.Conv2D: "kernel", keras.layers.Dense: "kernel",
+                    keras.layers.DepthwiseConv2D: "depthwise_kernel"}  # the quantized weight of each weighted layer
 
 
 class ExportError(ValueError):
@@ -159,8 +161,7 @@ class InferenceGraph:
         for name in self.order:
             layer = self.layer(name)
             inner = inner_layer(layer)
-            attr = {keras.layers.Conv2D: "kernel", keras.layers.Dense: "kernel",
-                    keras.layers.DepthwiseConv2D: "depthwise_kernel"}.get(type(inner))
+            attr = KERNEL_ATTRIBUTE.get(type(inner))
             if attr is None:
                 continue
             if f"{name}/{attr}" not in self._quantizers:

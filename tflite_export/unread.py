@@ -31,14 +31,12 @@ import numpy as np
 import tf_keras as keras
 
 from cdl_tf.coding import QuantizedTensor
-from tflite_export.graph import activation_name, inner_layer, layer_edges
+from tflite_export.graph import KERNEL_ATTRIBUTE, activation_name, inner_layer, layer_edges
 
 _CHANNELWISE = (keras.layers.ReLU, keras.layers.Activation, keras.layers.MaxPooling2D,
                 keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.Dropout,
                 keras.layers.BatchNormalization, keras.layers.ZeroPadding2D)
 _ELEMENTWISE_ACTIVATIONS = (None, "linear", "relu", "relu6")
-_KERNEL_ATTR = {keras.layers.Conv2D: "kernel", keras.layers.Dense: "kernel",
-                keras.layers.DepthwiseConv2D: "depthwise_kernel"}
 
 
 def _nonzero(tensor) -> np.ndarray:
@@ -73,8 +71,8 @@ def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[s
     while pending:
         layer_name, period = pending.pop()
         inner = inner_layer(model.get_layer(layer_name))
-        if type(inner) in _KERNEL_ATTR:
-            features = _features_read(inner, tensors.get(f"{layer_name}/{_KERNEL_ATTR[type(inner)]}"))
+        if type(inner) in KERNEL_ATTRIBUTE:
+            features = _features_read(inner, tensors.get(f"{layer_name}/{KERNEL_ATTRIBUTE[type(inner)]}"))
             if features is None or (period is None and features.size != channels):
                 return everything_read
             read |= features if period is None else features.reshape(-1, period).any(axis=0)
