@@ -15,7 +15,7 @@ from tflite_export.coded import apply_coded, coded_tensors
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
 from tflite_export.export import eval_arrays, export_workdir
-from tflite_export.graph import RANGE_DIGITS, InferenceGraph
+from tflite_export.graph import RANGE_DIGITS, ExportError, InferenceGraph
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +250,30 @@ def test_weights_only_mlp_exports_every_kernel_as_cdl_indices():
     for layer in ("fc1", "fc2", "logits"):
         np.testing.assert_array_equal(_tflite_weight(tm, f"quant_{layer}")["value"], indices[f"quant_{layer}/kernel"].T)
     assert (tm.predict(x).argmax(1) == qm.predict(x, verbose=0).argmax(1)).mean() >= 0.9
+
+
+def test_stored_ranges_load_into_a_fresh_graph_and_bad_ones_are_refused():
+    """The metadata keeps the ranges without names, in the graph's order; a list that does not fit
+    the graph it is loaded into is refused with the reason."""
+    inp = keras.Input((5,))
+    out = keras.layers.Dense(4, name="logits")(keras.layers.Dense(6, activation="relu", name="fc1")(inp))
+    qm = cdl_tf.quantize_model(keras.Model(inp, out),
+                               cdl_tf.CDLConfig(quantize_activations=False, first_layer_bits=None))
+    x = np.random.RandomState(8).randn(32, 5).astype("float32")
+    qm(x, training=True)
+    graph = InferenceGraph(qm)
+    graph.calibrate([x])
+    stored = json.loads(json.dumps(graph.stored_ranges()))
+    assert len(stored) == len(graph.range_names) == 3  # input, fc1 (ReLU output), logits
+    fresh = InferenceGraph(qm)
+    fresh.load_ranges(stored)
+    assert fresh.ranges == graph.ranges
+    with pytest.raises(ExportError, match="expected a list of 3"):
+        fresh.load_ranges(stored[:2])
+    with pytest.raises(ExportError, match="expected a list of 3"):
+        fresh.load_ranges({"input": stored[0]})
+    with pytest.raises(ExportError, match="stored range of 'quant_fc1'"):
+        fresh.load_ranges([stored[0], [1.0, 2.0], stored[2]])
 
 
 def test_calibrated_ranges_are_short_and_contain_the_calibration_data():

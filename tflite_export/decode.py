@@ -43,7 +43,7 @@ def decode_to_dir(cdlz_path: str, like: str, out: str) -> dict:
     os.makedirs(out, exist_ok=True)
     model.save(os.path.join(out, "model.keras"))
     graph = InferenceGraph(model)
-    graph.ranges = {k: tuple(v) for k, v in coded.metadata["ranges"].items()}
+    graph.load_ranges(coded.metadata.get("ranges"))
     tflite = to_tflite(graph, "int8", cdl_data.dataset_info(config.dataset).input_shape)
     atomic_write_bytes(os.path.join(out, "model.tflite"), tflite)
     return {"keras": os.path.join(out, "model.keras"), "tflite": os.path.join(out, "model.tflite"),

@@ -74,8 +74,7 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     graph.calibrate(calibration_data(config, calibration_batches))
     int8 = to_tflite(graph, "int8", info.input_shape, int8_io=int8_io)
     float_model = to_tflite(graph, "float", info.input_shape)
-    metadata = {"ranges": {k: list(v) for k, v in graph.ranges.items()}, "model": config.model,
-                "dataset": config.dataset}
+    metadata = {"ranges": graph.stored_ranges()}  # the architecture comes from the run's config
     coded = coding.encode_bytes(tensors, coder="ans", metadata=metadata)
     huffman = coding.encode_bytes(tensors, coder="huffman", metadata=metadata)
     os.makedirs(out, exist_ok=True)

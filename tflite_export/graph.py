@@ -123,6 +123,7 @@ class InferenceGraph:
         self.folded: Dict[str, str] = {}  # BN layer -> weighted layer it is folded into
         self._fold_batchnorms()
         self._prepare_weights()
+        self.range_names: List[str] = [n for n in self.order if self._has_range(n)]
         self.ranges: Dict[str, Tuple[float, float]] = {}
 
     # -- structure --------------------------------------------------------------------
@@ -209,6 +210,15 @@ class InferenceGraph:
             return False  # fused with the following ReLU
         return True
 
+    def _has_range(self, name: str) -> bool:
+        """Whether the int8 graph puts a calibrated range on this layer's output (folded BNs: on their conv's)."""
+        if name in self.folded:
+            return False
+        if name in self.input_names:
+            return True
+        bn = next((b for b, w in self.folded.items() if w == name), None)
+        return self._needs_range(name) and (bn is None or self._needs_range_after_fold(bn))
+
     def _needs_range_after_fold(self, bn: str) -> bool:
         return bn in self.output_names or not (
             len(self.outbound[bn]) == 1 and isinstance(inner_layer(self.layer(self.outbound[bn][0])), keras.layers.ReLU)
@@ -226,6 +236,7 @@ class InferenceGraph:
             raise ValueError(f"mode must be calibrate, int8, float or reference, got {mode!r}")
         if mode == "int8" and not self.ranges:
             raise ExportError("calibrate the graph (InferenceGraph.calibrate) before building the int8 function")
+        ranged = set(self.range_names)
 
         def fn(x):
             values: Dict[str, tf.Tensor] = {}
@@ -239,12 +250,7 @@ class InferenceGraph:
                 if name in self.folded:
                     values[name] = out
                     continue
-                if name in self.folded.values():
-                    bn = next(b for b, w in self.folded.items() if w == name)
-                    needs_range = self._needs_range(name) and self._needs_range_after_fold(bn)
-                else:
-                    needs_range = self._needs_range(name)
-                if needs_range or name in self.input_names:
+                if name in ranged:
                     if mode == "calibrate":
                         probes[name] = out
                     elif mode == "int8":
@@ -355,8 +361,32 @@ class InferenceGraph:
         if not lows:
             raise ExportError("no calibration batch was given")
         self.ranges = {n: (_round_out(lows[n], floor=True), _round_out(max(highs[n], lows[n] + 1e-6), floor=False))
-                       for n in lows}
+                       for n in self.range_names}
         return self.ranges
+
+    def stored_ranges(self) -> List[List[float]]:
+        """The calibrated ranges as ``[[lo, hi], ...]`` in `range_names` order, for the ``.cdlz`` metadata.
+
+        The names are left out: the decoder's graph lists the same names in the same order.
+        """
+        if not self.ranges:
+            raise ExportError("calibrate the graph (InferenceGraph.calibrate) before storing its ranges")
+        return [[_json_number(v) for v in self.ranges[n]] for n in self.range_names]
+
+    def load_ranges(self, stored) -> None:
+        """Set the ranges from `stored_ranges` output, checking that it fits this graph."""
+        if not isinstance(stored, list) or len(stored) != len(self.range_names):
+            got = f"{len(stored)} ranges" if isinstance(stored, list) else type(stored).__name__
+            raise ExportError(f"stored ranges: expected a list of {len(self.range_names)} [lo, hi] pairs "
+                              f"(for {self.range_names}), got {got}")
+        ranges = {}
+        for name, pair in zip(self.range_names, stored):
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+                    or not pair[0] <= 0 <= pair[1] or pair[0] == pair[1]):
+                raise ExportError(f"stored range of {name!r}: expected [lo, hi] with lo <= 0 <= hi, lo < hi, got {pair!r}")
+            ranges[name] = (float(pair[0]), float(pair[1]))
+        self.ranges = ranges
 
 
 RANGE_DIGITS = 3
@@ -380,3 +410,8 @@ def _round_out(v: float, floor: bool) -> float:
     if (rounded > np.float32(v)) if floor else (rounded < np.float32(v)):  # float32 rounding crossed v
         rounded = np.float32(f"{mantissa - 1 if floor else mantissa + 1}e{exponent}")
     return float(str(rounded))
+
+
+def _json_number(v: float) -> float | int:
+    """``v`` as the shorter JSON number: ``0`` rather than ``0.0``."""
+    return int(v) if float(v).is_integer() else v
