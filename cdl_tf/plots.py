@@ -112,6 +112,20 @@ def plot_results(results: Dict[str, Any], outdir: str) -> List[str]:
     figures.append(fig)
 
     for fig, name in zip(figures, PLOTS):
-        fig.axes[0].legend(fontsize=7)
+        _legend(fig)
         fig.savefig(os.path.join(outdir, name), dpi=120)
     return list(PLOTS)
+
+
+LEGEND_INSIDE_MAX = 12  # more entries than this go beside the axes, on a wider figure
+
+
+def _legend(fig) -> None:
+    ax = fig.axes[0]
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=7)
+        return
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width * 1.8, max(height, 0.2 * entries))  # ~0.2 in per 7-point entry
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))

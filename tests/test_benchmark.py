@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cdl_tf import aggregate, benchmark, coding
-from cdl_tf.plots import PLOTS, plot_results
+from cdl_tf.plots import LEGEND_INSIDE_MAX, PLOTS, plot_results
 from cdl_tf.training import load_run
 from configs import lenet300_mnist
 from tflite_export.convert import TFLiteModel
@@ -82,6 +82,19 @@ def test_plots_written_and_redrawn(bench, tmp_path):
     with open(os.path.join(outdir, "results.json")) as f:
         assert plot_results(json.load(f), str(tmp_path)) == list(PLOTS)
     assert all((tmp_path / name).stat().st_size > 10_000 for name in PLOTS)
+
+
+def test_many_methods_get_their_legend_beside_the_axes(bench, tmp_path):
+    """Past LEGEND_INSIDE_MAX methods the legend leaves the axes and the figure widens to hold it."""
+    from matplotlib.image import imread
+
+    _, results, _, _ = bench
+    few, many = tmp_path / "few", tmp_path / "many"
+    plot_results(results, str(few))
+    rows = [dict(results["rows"][0], method=f"method {i}", group=f"group {i}") for i in range(LEGEND_INSIDE_MAX + 1)]
+    plot_results(dict(results, rows=rows), str(many))
+    for name in PLOTS:
+        assert imread(many / name).shape[1] > 1.5 * imread(few / name).shape[1], name
 
 
 def test_second_run_does_not_retrain(bench):
