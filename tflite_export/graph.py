@@ -122,6 +122,7 @@ class InferenceGraph:
         self.biases: Dict[str, np.ndarray] = {}
         self.folded: Dict[str, str] = {}  # BN layer -> weighted layer it is folded into
         self._fold_batchnorms()
+        self._folded_into = {w: bn for bn, w in self.folded.items()}  # weighted layer -> its folded BN
         self._prepare_weights()
         self.range_names: List[str] = [n for n in self.order if self._has_range(n)]
         self.ranges: Dict[str, Tuple[float, float]] = {}
@@ -158,7 +159,6 @@ class InferenceGraph:
         return np.clip(np.round(value / np.float32(q)), quantizer.lo, quantizer.hi).astype(np.int32), q, quantizer
 
     def _prepare_weights(self) -> None:
-        fold_of = {v: k for k, v in self.folded.items()}
         for name in self.order:
             layer = self.layer(name)
             inner = inner_layer(layer)
@@ -175,8 +175,8 @@ class InferenceGraph:
             elif inner.use_bias:
                 bias = inner.bias.numpy().astype(np.float64)
             scale = None
-            if name in fold_of:
-                scale, shift = batchnorm_affine(self.layer(fold_of[name]))
+            if name in self._folded_into:
+                scale, shift = batchnorm_affine(self.layer(self._folded_into[name]))
                 bias = (0.0 if bias is None else bias) * scale + shift
             self.weights[name] = WeightInfo(name, indices, q, quantizer.lo, quantizer.hi, scale)
             if bias is not None:
@@ -216,7 +216,7 @@ class InferenceGraph:
             return False
         if name in self.input_names:
             return True
-        bn = next((b for b, w in self.folded.items() if w == name), None)
+        bn = self._folded_into.get(name)
         return self._needs_range(name) and (bn is None or self._needs_range_after_fold(bn))
 
     def _needs_range_after_fold(self, bn: str) -> bool:
@@ -383,7 +383,7 @@ class InferenceGraph:
         for name, pair in zip(self.range_names, stored):
             if (not isinstance(pair, list) or len(pair) != 2
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
-                    or not pair[0] <= 0 <= pair[1] or pair[0] == pair[1]):
+                    or not (pair[0] <= 0 <= pair[1] and pair[0] < pair[1])):
                 raise ExportError(f"stored range of {name!r}: expected [lo, hi] with lo <= 0 <= hi, lo < hi, got {pair!r}")
             ranges[name] = (float(pair[0]), float(pair[1]))
         self.ranges = ranges
