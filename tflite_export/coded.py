@@ -12,8 +12,9 @@ and decoded as ``gamma = scale``, ``beta = shift``, ``mean = 0`` and a variance
 with ``var + eps == 1`` in float32. Training-only state (softness, draw counters,
 rate weights) is not stored; a decoded model has its quantizers marked initialised.
 Units whose outputs nothing reads are stored with zero weights and the most common
-bias (`tflite_export.unread`). `apply_coded(model, coded_tensors(model))` puts a model in
-that decoded form, which infers as before up to float32 rounding.
+bias (`tflite_export.unread`), and the output channels of a layer are stored live ones first
+where its readers allow (`tflite_export.unit_order`). `apply_coded(model, coded_tensors(model))`
+puts a model in that decoded form, which infers as before up to float32 rounding.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import tf_keras as keras
 from cdl_tf.coding import QuantizedTensor, index_entropy_bits
 from cdl_tf.quantize import quantizers
 from tflite_export.graph import batchnorm_affine
+from tflite_export.unit_order import order_units
 from tflite_export.unread import fill_unread
 
 _TRAINING_ONLY = ("_log_kappa", "_log_alpha", "_step", "_rate_weight", "_initialized", "optimizer_step")
@@ -87,7 +89,7 @@ def _stored_variables(model, log_qs) -> Dict[str, object]:
 def coded_tensors(model) -> Dict[str, object]:
     """Name -> `QuantizedTensor` (kernels) or float32 array (everything else inference needs),
     with the kernel columns and biases of units nothing reads set to their cheapest values
-    (`tflite_export.unread`)."""
+    (`tflite_export.unread`) and output channels in live-first order (`tflite_export.unit_order`)."""
     kernels, log_qs, _ = _classify(model)
     out: Dict[str, object] = {}
     for bn in _affine_batchnorms(model):
@@ -101,7 +103,7 @@ def coded_tensors(model) -> Dict[str, object]:
             out[name] = QuantizedTensor(idx, quantizer.lo, quantizer.hi, float(q))
         else:
             out[name] = v.numpy().astype(np.float32)
-    return fill_unread(model, out)
+    return order_units(model, fill_unread(model, out))
 
 
 def _log_of(q: np.float32) -> np.float32:

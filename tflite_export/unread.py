@@ -1,15 +1,12 @@
 """Units nothing reads, given the cheapest values before coding.
 
-Output channel ``c`` of a Conv2D or Dense layer ``L`` is *unread* when every path from
-``L``'s output ends in a Conv2D, DepthwiseConv2D or Dense layer whose kernel is zero at
-every weight that reads ``c``:
+Output channel ``c`` of a Conv2D or Dense layer ``L`` is *unread* when every reader of ``L``'s
+output channels (`tflite_export.channels`) has a zero kernel at every weight that reads ``c``:
 
-    unread(c)  <=>  for every reader M:  W_M[..., i, :] = 0  for every input feature i of c,
+    unread(c)  <=>  for every reader M:  W_M[..., i, :] = 0  for every input feature i of c.
 
-passing on the way only through layers that keep channels apart (activations, pooling,
-Dropout, BatchNormalization, ZeroPadding2D) and Flatten, after which channel ``c`` of an
-``(H, W, C)`` map is every feature ``i`` with ``i mod C = c``. A path into anything else
-(Add, Concatenate, Reshape, grouped convolutions, the model output) reads every channel.
+A layer whose channels some path mixes or exposes (Add, Concatenate, the model output, ...)
+has every channel read.
 
 The readers multiply an unread channel by exact zeros, so for finite activations the
 values of ``L``'s kernel column and bias at ``c`` change no output, and they are set to
@@ -31,25 +28,12 @@ import numpy as np
 import tf_keras as keras
 
 from cdl_tf.coding import QuantizedTensor
-from tflite_export.graph import KERNEL_ATTRIBUTE, activation_name, inner_layer, layer_edges
-
-_CHANNELWISE = (keras.layers.ReLU, keras.layers.Activation, keras.layers.MaxPooling2D,
-                keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.Dropout,
-                keras.layers.BatchNormalization, keras.layers.ZeroPadding2D)
-_ELEMENTWISE_ACTIVATIONS = (None, "linear", "relu", "relu6")
+from tflite_export.channels import channel_readers
+from tflite_export.graph import KERNEL_ATTRIBUTE, inner_layer, layer_edges
 
 
 def _nonzero(tensor) -> np.ndarray:
     return (tensor.indices if isinstance(tensor, QuantizedTensor) else np.asarray(tensor)) != 0
-
-
-def _keeps_channels_apart(inner) -> bool:
-    """Whether channel ``c`` of the layer's output depends on channel ``c`` of its input alone."""
-    if not isinstance(inner, _CHANNELWISE) or getattr(inner, "data_format", "channels_last") != "channels_last":
-        return False
-    if isinstance(inner, keras.layers.BatchNormalization):
-        return list(inner.axis) in ([-1], [len(inner.input_shape) - 1])
-    return activation_name(inner) in _ELEMENTWISE_ACTIVATIONS
 
 
 def _features_read(inner, tensor) -> Optional[np.ndarray]:
@@ -64,26 +48,16 @@ def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[s
     """Per output channel of layer ``name``, whether nothing reads it (see the module docstring)."""
     channels = model.get_layer(name).output_shape[-1]
     everything_read = np.zeros(channels, dtype=bool)
-    if name in model.output_names or activation_name(inner_layer(model.get_layer(name))) not in _ELEMENTWISE_ACTIVATIONS:
+    found = channel_readers(model, outbound, name)
+    if found is None:
         return everything_read
     read = np.zeros(channels, dtype=bool)
-    pending = [(c, None) for c in outbound[name]]  # (layer, period): after Flatten, feature i is channel i mod period
-    while pending:
-        layer_name, period = pending.pop()
+    for layer_name, period in found.readers:
         inner = inner_layer(model.get_layer(layer_name))
-        if type(inner) in KERNEL_ATTRIBUTE:
-            features = _features_read(inner, tensors.get(f"{layer_name}/{KERNEL_ATTRIBUTE[type(inner)]}"))
-            if features is None or (period is None and features.size != channels):
-                return everything_read
-            read |= features if period is None else features.reshape(-1, period).any(axis=0)
-            continue
-        if isinstance(inner, keras.layers.Flatten) and period is None and inner.data_format == "channels_last":
-            period = channels
-        elif not _keeps_channels_apart(inner):
+        features = _features_read(inner, tensors.get(f"{layer_name}/{KERNEL_ATTRIBUTE[type(inner)]}"))
+        if features is None or (period is None and features.size != channels):
             return everything_read
-        if layer_name in model.output_names:
-            return everything_read
-        pending.extend((c, period) for c in outbound[layer_name])
+        read |= features if period is None else features.reshape(-1, period).any(axis=0)
     return ~read
 
 

@@ -1,12 +1,13 @@
-"""Units nothing reads: cleared in the coded tensors, with the model's outputs unchanged."""
+"""Units in the coded tensors: those nothing reads cleared, live ones first, the model's outputs unchanged."""
 import dataclasses
 
 import numpy as np
 import tf_keras as keras
 
 import cdl_tf
-from cdl_tf.coding import QuantizedTensor
+from cdl_tf.coding import QuantizedTensor, encode_bytes
 from tflite_export.coded import apply_coded, coded_tensors
+from tflite_export.unit_order import order_units
 from tflite_export.unread import fill_unread
 
 
@@ -123,12 +124,12 @@ def test_coding_a_model_with_unread_units_leaves_its_outputs_unchanged():
     qm = _quantized(model, x, quantize_biases=False)
     before = qm.predict(x, verbose=0)
     tensors = coded_tensors(qm)
-    assert not _live(tensors, "fc2")[:4].any()
+    np.testing.assert_array_equal(_live(tensors, "fc2"), [True] * 4 + [False] * 4)  # stored live units first
     apply_coded(qm, tensors)
     decoded = qm.predict(x, verbose=0)
     np.testing.assert_allclose(decoded, before, rtol=1e-5, atol=1e-5)
     kernel, bias = tensors["quant_fc2/kernel"].indices.copy(), np.array(tensors["quant_fc2/bias"])
-    kernel[:, :4], bias[:4] = 1, 1.0
+    kernel[:, 4:], bias[4:] = 1, 1.0
     revived = {**tensors, "quant_fc2/kernel": dataclasses.replace(tensors["quant_fc2/kernel"], indices=kernel),
                "quant_fc2/bias": bias}
     apply_coded(qm, revived)
@@ -146,3 +147,80 @@ def test_sequential_models_are_walked_too():
     out = fill_unread(qm, _with_indices(coded_tensors(qm), fc1=np.ones((6, 5), int), fc2=np.ones((5, 8), int), fc3=k3))
     np.testing.assert_array_equal(_live(out, "fc2"), [False] * 4 + [True] * 4)
     assert _live(out, "fc1").all()
+
+
+def _outputs(qm: keras.Model, tensors: dict, x: np.ndarray) -> np.ndarray:
+    apply_coded(qm, tensors)
+    return qm.predict(x, verbose=0)
+
+
+def test_live_conv_channels_and_dense_units_come_first_with_the_outputs_unchanged():
+    """conv (4 channels) -> pool -> flatten -> fc1 (6) -> fc2 (3): conv channels 0 and 2 and fc1 units 1 and 3
+    have no non-zero weight (their biases still feed the readers, so the readers' rows must move with them)."""
+    keras.utils.set_random_seed(13)
+    rng = np.random.RandomState(14)
+    inp = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    h = keras.layers.Flatten()(keras.layers.MaxPooling2D()(h))  # (2, 2, 4) -> 16 features
+    h = keras.layers.Dense(6, activation="relu", name="fc1")(h)
+    x = rng.rand(32, 6, 6, 1).astype("float32")
+    qm = _quantized(keras.Model(inp, keras.layers.Dense(3, name="fc2")(h)), x, quantize_biases=False)
+    conv, fc1 = rng.randint(-3, 4, (3, 3, 1, 4)), rng.randint(-3, 4, (16, 6))
+    conv[..., [0, 2]], fc1[:, [1, 3]] = 0, 0
+    tensors = coded_tensors(qm)
+    tensors = {**tensors, "quant_conv/kernel": dataclasses.replace(tensors["quant_conv/kernel"], indices=conv),
+               "quant_fc1/kernel": dataclasses.replace(tensors["quant_fc1/kernel"], indices=fc1)}
+    out = order_units(qm, tensors)
+    np.testing.assert_array_equal(_live(out, "conv"), [True, True, False, False])
+    np.testing.assert_array_equal(_live(out, "fc1"), [True] * 4 + [False] * 2)
+    np.testing.assert_array_equal(out["quant_conv/bias"], np.asarray(tensors["quant_conv/bias"])[[1, 3, 0, 2]])
+    rows = np.arange(16).reshape(4, 4)[:, [1, 3, 0, 2]].reshape(-1)  # channel c of position p is row 4 p + c
+    np.testing.assert_array_equal(out["quant_fc1/kernel"].indices, fc1[rows][:, [0, 2, 4, 5, 1, 3]])
+    np.testing.assert_array_equal(out["quant_fc2/kernel"].indices, tensors["quant_fc2/kernel"].indices[[0, 2, 4, 5, 1, 3]])
+    np.testing.assert_allclose(_outputs(qm, out, x), _outputs(qm, tensors, x), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_between_follows_the_order_and_residual_sums_keep_theirs():
+    """conv1 -> BN -> relu -> conv2 -> BN -> Add(input): conv1's channels are reordered with its BN's scale and
+    shift; conv2's feed the sum, which mixes channels, so they keep their order."""
+    keras.utils.set_random_seed(15)
+    rng = np.random.RandomState(16)
+    inp = keras.Input((6, 6, 4))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inp)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(h))
+    h = keras.layers.BatchNormalization(name="bn2")(keras.layers.Conv2D(4, 3, padding="same", name="conv2")(h))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([inp, h]))
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(h))
+    for bn in ("bn1", "bn2"):
+        layer = model.get_layer(bn)
+        layer.set_weights([rng.uniform(0.5, 2, 4), rng.randn(4), rng.randn(4), rng.uniform(0.5, 2, 4)])
+    x = rng.rand(32, 6, 6, 4).astype("float32")
+    qm = _quantized(model, x, quantize_biases=False)
+    conv1, conv2 = rng.randint(-3, 4, (3, 3, 4, 4)), rng.randint(-3, 4, (3, 3, 4, 4))
+    conv1[..., 1], conv2[..., 0] = 0, 0
+    tensors = coded_tensors(qm)
+    tensors = {**tensors, "quant_conv1/kernel": dataclasses.replace(tensors["quant_conv1/kernel"], indices=conv1),
+               "quant_conv2/kernel": dataclasses.replace(tensors["quant_conv2/kernel"], indices=conv2)}
+    out = order_units(qm, tensors)
+    np.testing.assert_array_equal(_live(out, "conv1"), [True, True, True, False])
+    for key in ("bn1/scale", "bn1/shift", "quant_conv1/bias"):
+        np.testing.assert_array_equal(out[key], np.asarray(tensors[key])[[0, 2, 3, 1]])
+    np.testing.assert_array_equal(out["quant_conv2/kernel"].indices, conv2[:, :, [0, 2, 3, 1], :])
+    np.testing.assert_array_equal(out["bn2/scale"], tensors["bn2/scale"])
+    np.testing.assert_allclose(_outputs(qm, out, x), _outputs(qm, tensors, x), rtol=1e-5, atol=1e-5)
+
+
+def test_live_first_order_makes_sparse_files_smaller():
+    """40 of 300 units live at random places: the masks of fc1's columns and fc2's rows shrink to runs."""
+    keras.utils.set_random_seed(17)
+    rng = np.random.RandomState(18)
+    inp = keras.Input((200,))
+    model = keras.Model(inp, keras.layers.Dense(10, name="fc2")(keras.layers.Dense(300, activation="relu", name="fc1")(inp)))
+    qm = _quantized(model, rng.randn(16, 200).astype("float32"))
+    live = rng.permutation(300)[:40]
+    fc1, fc2 = np.zeros((200, 300), int), np.zeros((300, 10), int)
+    fc1[:, live] = rng.randint(-1, 2, (200, 40)) * (rng.rand(200, 40) < 0.1)
+    fc2[live] = rng.randint(-2, 3, (40, 10))
+    tensors = _with_indices(coded_tensors(qm), fc1=fc1, fc2=fc2)
+    before, after = len(encode_bytes(tensors)), len(encode_bytes(order_units(qm, tensors)))
+    assert after < before - 30, (before, after)
