@@ -8,11 +8,24 @@ Rows with the same ``group`` are runs of one point that differ only in their see
     sem      = s / sqrt(n)                              (standard error of the mean)
 
 A row without ``group`` (results written before seeds were grouped) is a group of its own.
+
+Two models scored on the same ``n`` test examples are compared pairwise (`paired_difference`):
+with ``n10`` examples only model A gets right and ``n01`` only B, the per-example differences
+``D_i in {-1, 0, 1}`` have mean and standard error
+
+    d   = (n10 - n01) / n                                  (accuracy of A minus that of B)
+    se  = sqrt( (n10 + n01) / n - d^2 ) / sqrt(n) = sqrt( n10 + n01 - (n10 - n01)^2 / n ) / n,
+
+the test-set sampling error of ``d`` alone: much smaller than that of two independent
+accuracies when the models agree on most examples. Pairs from several seeds are pooled as one
+set of ``sum n`` examples.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Dict, List, Sequence
+
+import numpy as np
 
 FIELDS = ("accuracy", "error", "keras_accuracy", "coded_kb", "bits_per_weight", "bits_per_activation")
 _SHARED = ("method", "point", "weight_bits", "activation_bits", "lambda_w", "lambda_a", "first_layer_bits",
@@ -55,3 +68,18 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
             entry.update({field: stats["mean"], f"{field}_std": stats["std"], f"{field}_sem": stats["sem"]})
         out.append(entry)
     return out
+
+
+def paired_difference(a_correct: Sequence[np.ndarray], b_correct: Sequence[np.ndarray]) -> Dict[str, float]:
+    """``d`` and its paired standard error (module docstring) for models A and B, given per pair of
+    runs the boolean arrays "A right" and "B right" on the same examples; several pairs are pooled."""
+    if len(a_correct) != len(b_correct) or not a_correct:
+        raise ValueError(f"need as many arrays for A as for B, at least one; got {len(a_correct)} and {len(b_correct)}")
+    pairs = [(np.asarray(x, bool).reshape(-1), np.asarray(y, bool).reshape(-1)) for x, y in zip(a_correct, b_correct)]
+    if any(x.size != y.size or x.size == 0 for x, y in pairs):
+        raise ValueError("A and B must be scored on the same, non-empty examples in every pair; got sizes "
+                         f"{[(x.size, y.size) for x, y in pairs]}")
+    a, b = np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
+    n, n10, n01 = a.size, int(np.sum(a & ~b)), int(np.sum(~a & b))
+    return {"n": n, "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "only_a": n10, "only_b": n01,
+            "difference": (n10 - n01) / n, "se": math.sqrt(max(n10 + n01 - (n10 - n01) ** 2 / n, 0.0)) / n}

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cdl_tf.aggregate import summarize
+from cdl_tf.aggregate import paired_difference, summarize
 from cdl_tf.plots import KB, plot_results, published_points
 
 METHODS = ("float", "tfmot8", "ptq8", "ste", "cdl", "rcdl")
@@ -530,6 +530,54 @@ def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
         print(f"[cdl-bench] {workdir}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['coded_kb']:.2f} KB", flush=True)
     return _write_results(configs[0], rows, float32_bytes(configs[0]), outdir,
                           runs=[os.path.abspath(w) for w in workdirs])
+
+
+def compare_runs(pairs: Sequence[Tuple[str, str]], outdir: str) -> Dict[str, Any]:
+    """Paired comparison of exported runs ``(A, B)``: their int8 TFLite models (``export/model.tflite``)
+    scored on the same test examples, per pair and pooled over all pairs (`aggregate.paired_difference`).
+
+    Writes ``outdir/paired.json`` and returns its contents.
+    """
+    import ml_collections
+
+    from cdl_tf.io import atomic_write_json
+    from tflite_export.convert import TFLiteModel
+    from tflite_export.export import eval_arrays
+
+    if not pairs:
+        raise BenchmarkError("no pair of runs given")
+    configs = {}
+    for workdir in {w for pair in pairs for w in pair}:
+        if not os.path.isfile(os.path.join(workdir, "export", "model.tflite")):
+            raise BenchmarkError(f"{workdir} has no export/model.tflite; export it first "
+                                 f"(cdl-export --workdir={workdir}, or cdl-bench --runs={workdir})")
+        configs[workdir] = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+    test_sets = {(c.dataset, c.test_subset) for c in configs.values()}
+    if len(test_sets) != 1:
+        raise BenchmarkError(f"the runs are scored on different test sets {sorted(test_sets)}; a paired "
+                             "comparison needs one")
+    x, y = eval_arrays(next(iter(configs.values())))
+    correct = {w: TFLiteModel(open(os.path.join(w, "export", "model.tflite"), "rb").read()).predict(
+        x, batch_size=500).argmax(1) == y for w in configs}
+    results = {
+        "pairs": [{"a": os.path.abspath(a), "b": os.path.abspath(b), **paired_difference([correct[a]], [correct[b]])}
+                  for a, b in pairs],
+        "pooled": paired_difference([correct[a] for a, _ in pairs], [correct[b] for _, b in pairs]),
+    }
+    os.makedirs(outdir, exist_ok=True)
+    atomic_write_json(os.path.join(outdir, "paired.json"), results)
+    return results
+
+
+def paired_markdown(results: Dict[str, Any]) -> str:
+    """`compare_runs` results as a Markdown table (accuracies and differences in points)."""
+    lines = ["| A | B | n | accuracy A | accuracy B | only A right | only B right | A - B (points) |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = [(os.path.basename(p["a"]), os.path.basename(p["b"]), p) for p in results["pairs"]]
+    for a, b, p in rows + [("pooled", "", results["pooled"])]:
+        lines.append(f"| {a} | {b} | {p['n']} | {100 * p['accuracy_a']:.2f}% | {100 * p['accuracy_b']:.2f}% | "
+                     f"{p['only_a']} | {p['only_b']} | {100 * p['difference']:+.2f} ± {100 * p['se']:.2f} |")
+    return "\n".join(lines)
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:

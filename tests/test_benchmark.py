@@ -1,5 +1,5 @@
 """Benchmark harness on a tiny sweep: one row per method, derived fields, plots, resume, PTQ coded size,
-seeds and their summary."""
+seeds and their summary, paired comparison of runs."""
 import json
 import math
 import os
@@ -219,6 +219,40 @@ def test_summary_mean_std_and_sem():
     assert (p["coded_kb"], p["coded_kb_std"], p["bits_per_weight_std"]) == (pytest.approx(3.0), pytest.approx(1.0), 0.0)
     assert p["bits_per_activation"] is None and p["bits_per_activation_std"] is None
     assert (other["accuracy"], other["accuracy_std"]) == (pytest.approx(0.90), 0.0)
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differences():
+    rng = np.random.RandomState(0)
+    a, b = rng.rand(3, 400) < 0.8, rng.rand(3, 400) < 0.7
+    d = (a.astype(int) - b.astype(int)).reshape(-1)  # the 1200 pooled per-example differences
+    pooled = aggregate.paired_difference(list(a), list(b))
+    assert pooled["n"] == 1200 and pooled["only_a"] - pooled["only_b"] == d.sum()
+    assert pooled["difference"] == pytest.approx(d.mean())
+    assert pooled["se"] == pytest.approx(d.std() / math.sqrt(d.size))
+    assert pooled["accuracy_a"] - pooled["accuracy_b"] == pytest.approx(pooled["difference"])
+    same = aggregate.paired_difference([a[0]], [a[0]])
+    assert (same["difference"], same["se"]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same, non-empty examples"):
+        aggregate.paired_difference([a[0]], [b[0][:10]])
+
+
+def test_exported_runs_compare_pairwise_on_their_test_set(bench, tmp_path):
+    outdir, results, _, _ = bench
+    rows = {r["point"]: r for r in results["rows"]}
+    cdl, rcdl, ste = (os.path.join(outdir, p) for p in ("cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005",
+                                                          "ste_w4a4"))
+    paired = benchmark.compare_runs([(cdl, rcdl), (ste, cdl)], str(tmp_path))
+    first, second = paired["pairs"]
+    assert first["accuracy_a"] == pytest.approx(rows["cdl_w4a4_lw0.05_la0.005"]["accuracy"])
+    assert first["accuracy_b"] == pytest.approx(rows["rcdl_w4a4_lw0.05_la0.005"]["accuracy"])
+    assert second["accuracy_a"] == pytest.approx(rows["ste_w4a4"]["accuracy"])
+    assert first["n"] == second["n"] == 500 and paired["pooled"]["n"] == 1000
+    assert paired["pooled"]["only_a"] == first["only_a"] + second["only_a"]
+    with open(tmp_path / "paired.json") as f:
+        assert json.load(f) == paired
+    assert benchmark.paired_markdown(paired).count("\n| ") == 2 + 1  # rows of the pairs and the pooled row
+    with pytest.raises(benchmark.BenchmarkError, match="no export/model.tflite"):
+        benchmark.compare_runs([(cdl, str(tmp_path))], str(tmp_path))
 
 
 def test_sweep_under_seeds_runs_each_point_per_seed(data_dir, monkeypatch, tmp_path):

@@ -4,6 +4,7 @@ and uniform QAT, with results.json, results.md and plots in --outdir.
 cdl-bench --config=configs/lenet5_mnist.py --outdir=/tmp/bench --bits=2,4 --lambda_w=0.01,0.05 --config.epochs=8
 cdl-bench --quick --outdir=/tmp/bench_quick     # LeNet-300-100, 8192 images, 2 epochs, 2 lambdas
 cdl-bench --quick --seeds=0,1,2 --methods=ste,cdl,rcdl --outdir=/tmp/bench_seeds   # mean ± std over 3 seeds
+cdl-bench --paired=runs/a_seed0:runs/b_seed0,runs/a_seed1:runs/b_seed1 --outdir=/tmp/paired  # A - B ± paired SE
 """
 import os
 
@@ -26,6 +27,8 @@ flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl (de
 flags.DEFINE_list("seeds", None, "Run every point once per seed; the table and plots add mean ± std "
                   "(default: once, with the config's seed).")
 flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cdl-train run directories.")
+flags.DEFINE_list("paired", None, "Instead of sweeping, compare exported runs A:B pairwise on their test set "
+                  "(accuracy difference and its paired standard error, per pair and pooled).")
 flags.mark_flag_as_required("outdir")
 
 
@@ -45,6 +48,12 @@ def main(argv):
 
     if FLAGS.runs:
         print(benchmark.markdown(benchmark.tabulate_runs(FLAGS.runs, FLAGS.outdir)))
+        return
+    if FLAGS.paired:
+        pairs = [tuple(item.split(":")) for item in FLAGS.paired]
+        if any(len(pair) != 2 or not all(pair) for pair in pairs):
+            raise app.UsageError(f"--paired: expected RUN_A:RUN_B items, got {FLAGS.paired}")
+        print(benchmark.paired_markdown(benchmark.compare_runs(pairs, FLAGS.outdir)))
         return
     sweep = benchmark.QUICK_SWEEP if FLAGS.quick else benchmark.Sweep()
     given = {"bits": _parse("bits", int), "lambda_w": _parse("lambda_w", float),
