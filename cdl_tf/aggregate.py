@@ -82,4 +82,4 @@ def paired_difference(a_correct: Sequence[np.ndarray], b_correct: Sequence[np.nd
     a, b = np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
     n, n10, n01 = a.size, int(np.sum(a & ~b)), int(np.sum(~a & b))
     return {"n": n, "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "only_a": n10, "only_b": n01,
-            "difference": (n10 - n01) / n, "se": math.sqrt(max(n10 + n01 - (n10 - n01) ** 2 / n, 0.0)) / n}
+            "difference": (n10 - n01) / n, "se": math.sqrt(n10 + n01 - (n10 - n01) ** 2 / n) / n}

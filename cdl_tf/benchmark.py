@@ -557,8 +557,10 @@ def compare_runs(pairs: Sequence[Tuple[str, str]], outdir: str) -> Dict[str, Any
         raise BenchmarkError(f"the runs are scored on different test sets {sorted(test_sets)}; a paired "
                              "comparison needs one")
     x, y = eval_arrays(next(iter(configs.values())))
-    correct = {w: TFLiteModel(open(os.path.join(w, "export", "model.tflite"), "rb").read()).predict(
-        x, batch_size=500).argmax(1) == y for w in configs}
+    correct = {}
+    for workdir in configs:
+        with open(os.path.join(workdir, "export", "model.tflite"), "rb") as f:
+            correct[workdir] = TFLiteModel(f.read()).predict(x, batch_size=500).argmax(1) == y
     results = {
         "pairs": [{"a": os.path.abspath(a), "b": os.path.abspath(b), **paired_difference([correct[a]], [correct[b]])}
                   for a, b in pairs],

@@ -30,10 +30,7 @@ import tf_keras as keras
 from cdl_tf.coding import QuantizedTensor
 from tflite_export.channels import ChannelReaders, channel_readers
 from tflite_export.graph import inner_layer, layer_edges
-
-
-def _values(tensor) -> np.ndarray:
-    return tensor.indices if isinstance(tensor, QuantizedTensor) else np.asarray(tensor)
+from tflite_export.unread import nonzero
 
 
 def _plain(layer) -> bool:
@@ -62,7 +59,7 @@ def _permuted(model: keras.Model, tensors: Mapping[str, object], name: str, foun
         key = f"{reader}/kernel"
         if not _plain(model.get_layer(reader)) or key not in tensors:
             return None
-        features = _values(tensors[key]).shape[-2]
+        features = tensors[key].shape[-2]
         if features % channels or (period is None and features != channels):
             return None
         updated[key] = _take(tensors[key], np.arange(features).reshape(-1, channels)[:, order].reshape(-1), axis=-2)
@@ -70,7 +67,7 @@ def _permuted(model: keras.Model, tensors: Mapping[str, object], name: str, foun
         for key, tensor in tensors.items():
             if key.split("/")[0] != layer or key == kernel_key:
                 continue
-            shape = _values(tensor).shape
+            shape = tuple(tensor.shape)
             if shape == (channels,):
                 updated[key] = _take(tensor, order, axis=0)
             elif int(np.prod(shape)) != 1:
@@ -89,8 +86,8 @@ def order_units(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, 
         found = channel_readers(model, outbound, name)
         if found is None:
             continue
-        kernel = _values(out[f"{name}/kernel"])
-        live = (kernel != 0).reshape(-1, kernel.shape[-1]).any(axis=0)
+        kernel = nonzero(out[f"{name}/kernel"])
+        live = kernel.reshape(-1, kernel.shape[-1]).any(axis=0)
         permutation = np.argsort(~live, kind="stable")
         if np.array_equal(permutation, np.arange(live.size)):
             continue

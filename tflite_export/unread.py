@@ -32,7 +32,8 @@ from tflite_export.channels import channel_readers
 from tflite_export.graph import KERNEL_ATTRIBUTE, inner_layer, layer_edges
 
 
-def _nonzero(tensor) -> np.ndarray:
+def nonzero(tensor) -> np.ndarray:
+    """Where a coded tensor (quantized: its indices) is non-zero."""
     return (tensor.indices if isinstance(tensor, QuantizedTensor) else np.asarray(tensor)) != 0
 
 
@@ -40,8 +41,8 @@ def _features_read(inner, tensor) -> Optional[np.ndarray]:
     """Per input feature of a reader layer, whether some weight reads it; ``None``: all are read."""
     if tensor is None or (isinstance(inner, keras.layers.Conv2D) and getattr(inner, "groups", 1) != 1):
         return None
-    nonzero = _nonzero(tensor)
-    return nonzero.reshape(-1, nonzero.shape[-2], nonzero.shape[-1]).any(axis=(0, 2))
+    mask = nonzero(tensor)
+    return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).any(axis=(0, 2))
 
 
 def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[str, object], name: str) -> np.ndarray:
