@@ -44,6 +44,7 @@ MODES = ("float", "cdl", "rcdl", "ste", "tfmot8")
 CDL_MODES = ("cdl", "rcdl", "ste")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
+AUGMENT = {"auto": None, "on": True, "off": False}  # config.augment -> make_dataset's `augment`
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,8 @@ def validate_config(config) -> CDLConfig:
     _require(final_kappa >= 0, "final_kappa", f"must be >= 0, got {final_kappa!r}")
     _require(not final_kappa or (not c.cdl.train_softness and c.cdl.softness_param == "kappa"), "final_kappa",
              "annealing kappa needs cdl.train_softness=False and cdl.softness_param='kappa'")
+    augment = c.get("augment", "auto")  # absent from configs of older runs
+    _require(augment in AUGMENT, "augment", f"must be one of {tuple(AUGMENT)}, got {augment!r}")
     _require(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}, got {c.strategy!r}")
     split_at = c.get("split_at", "")  # absent from configs of older runs
     _require(isinstance(split_at, str), "split_at", f"must be a layer name or '', got {split_at!r}")
@@ -197,7 +200,8 @@ def _datasets(config, drop_remainder: bool = False):
     data_dir = config.data_dir or None
     train = cdl_data.make_dataset(
         config.dataset, "train", config.batch_size, data_dir=data_dir, training=True, seed=config.seed,
-        subset=config.train_subset or None, drop_remainder=drop_remainder,
+        augment=AUGMENT[config.get("augment", "auto")], subset=config.train_subset or None,
+        drop_remainder=drop_remainder,
     )
     test = cdl_data.make_dataset(
         config.dataset, "test", config.batch_size, data_dir=data_dir, training=False, seed=config.seed,

@@ -255,8 +255,6 @@ def test_argument_errors():
         load_arrays("imagenet2012", "train")
     with pytest.raises(ValueError, match="known datasets"):
         dataset_info("cifar")
-    with pytest.raises(ValueError, match="augmentation"):
-        make_dataset("mnist", "test", 8, training=True, augment=True)
     with pytest.raises(ValueError, match="batch_size"):
         make_dataset("mnist", "test", 0, training=False)
     with pytest.raises(ValueError, match="subset must be >= 1"):
@@ -310,27 +308,38 @@ def test_eval_pipeline_is_normalised_and_in_order(arrays, data_dir):
     np.testing.assert_array_equal(labels, y[:100])
 
 
-def test_augmentation_is_a_padded_crop_and_optional_flip(arrays, data_dir):
+@pytest.mark.parametrize("name, size, pad, flip, default", [
+    ("cifar10", 32, 4, True, True), ("mnist", 28, 2, False, False),
+])
+def test_augmentation_is_a_padded_crop_and_optional_flip(arrays, data_dir, name, size, pad, flip, default):
     def build(augment):
         return make_dataset(
-            "cifar10", "test", 32, data_dir=data_dir, training=True, seed=3, augment=augment, subset=256
+            name, "test", 32, data_dir=data_dir, training=True, seed=3, augment=augment, subset=256
         )
 
     (plain, labels), = _batches(build(False), 1)
-    (augmented, labels_aug), = _batches(build(None), 1)  # default for CIFAR training: on
+    (augmented, labels_aug), = _batches(build(True), 1)
+    (by_default, _), = _batches(build(None), 1)
+    np.testing.assert_array_equal(by_default, augmented if default else plain)
     np.testing.assert_array_equal(labels, labels_aug)  # same shuffle, images changed in place
-    assert augmented.shape == plain.shape == (32, 32, 32, 3)
+    channels = plain.shape[-1]
+    assert augmented.shape == plain.shape == (32, size, size, channels)
     assert not np.allclose(augmented, plain)
-    mean, std = normalization("cifar10")
+    mean, std = normalization(name)
     raw = np.round((plain * std + mean) * 255).astype(np.int64)
-    padded = np.pad(raw, [(0, 0), (4, 4), (4, 4), (0, 0)])  # zero (black) padding
+    padded = np.pad(raw, [(0, 0), (pad, pad), (pad, pad), (0, 0)])  # zero (black) padding
     recovered = (augmented * std + mean) * 255
+    shifts = range(2 * pad + 1)
+    flipped = 0
     for i in range(len(raw)):
-        candidates = [
-            padded[i, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)
-        ]
-        candidates += [c[:, ::-1] for c in candidates]
-        assert any(np.allclose(recovered[i], c, atol=1e-2) for c in candidates), i
+        crops = [padded[i, dy:dy + size, dx:dx + size] for dy in shifts for dx in shifts]
+        if any(np.allclose(recovered[i], c, atol=1e-2) for c in crops):
+            continue
+        assert flip and any(np.allclose(recovered[i], c[:, ::-1], atol=1e-2) for c in crops), i
+        flipped += 1
+    # Each image is flipped with probability 1/2 (an unflipped one may match a flipped
+    # crop too, so only the flipped ones that match no crop are counted): 32 draws.
+    assert (flipped > 0) == flip
 
 
 def test_subset_size_classes_and_drop_remainder(data_dir):

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import cdl_tf
-from cdl_tf.training import ConfigError, evaluate_workdir, train_and_evaluate, validate_config
+from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, train_and_evaluate, validate_config
 from configs import common, lenet300_mnist, lenet5_mnist, resnet20_cifar10
 from tools.train import summary
 
@@ -44,6 +45,7 @@ def small(config_module, data_dir, variant="", **overrides):
         ({"cdl.lambda_a": -0.1}, "lambda_a"),
         ({"init_from": "/nonexistent"}, "config.init_from"),
         ({"strategy": "horovod"}, "config.strategy"),
+        ({"augment": "yes"}, "config.augment"),
     ],
 )
 def test_config_validation_names_the_field(data_dir, override, field):
@@ -270,3 +272,13 @@ def test_teacher_of_another_dataset_is_rejected(tmp_path, data_dir):
     c = small(lenet300_mnist, data_dir, **{"distill.teacher": str(teacher)})
     with pytest.raises(ConfigError, match="trained on 'cifar10'"):
         validate_config(c)
+
+
+def test_augment_field_reaches_the_training_pipeline(data_dir):
+    def first_train_batch(augment):
+        train, _ = _datasets(small(lenet5_mnist, data_dir, augment=augment))
+        return next(iter(train))[0].numpy()
+
+    off = first_train_batch("off")
+    np.testing.assert_array_equal(first_train_batch("auto"), off)  # MNIST: off by default
+    assert not np.allclose(first_train_batch("on"), off)

@@ -1,6 +1,8 @@
-"""`make_dataset`: deterministic, normalised (and for CIFAR training, augmented) `tf.data` pipelines."""
+"""`make_dataset`: deterministic, normalised, optionally augmented `tf.data` pipelines."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -29,8 +31,25 @@ STATS = {
     "cifar10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
     "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
 }
-AUGMENTED = ("cifar10", "cifar100")
-PAD = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """A random crop of the image zero-padded by ``pad`` pixels (a shift of up to ``pad``
+    pixels each way), then a random horizontal flip if ``flip``; ``default``: on for
+    training unless asked otherwise."""
+
+    pad: int
+    flip: bool
+    default: bool
+
+
+AUGMENTATIONS = {
+    "cifar10": Augmentation(pad=4, flip=True, default=True),  # the torchvision recipe
+    "cifar100": Augmentation(pad=4, flip=True, default=True),
+    "mnist": Augmentation(pad=2, flip=False, default=False),  # digits are not mirror-symmetric
+    "fashion_mnist": Augmentation(pad=2, flip=True, default=False),
+}
 
 
 def make_dataset(
@@ -68,12 +87,9 @@ def make_dataset(
             subset=subset, drop_remainder=drop_remainder,
         )
     check_name(name, ARRAY_DATASETS)
+    augmentation = AUGMENTATIONS[name]
     if augment is None:
-        augment = training and name in AUGMENTED
-    if augment and name not in AUGMENTED:
-        raise ValueError(
-            f"no augmentation is defined for {name!r}; it exists for {', '.join(AUGMENTED)}"
-        )
+        augment = training and augmentation.default
     images, labels = load_arrays(name, split, data_dir)
     if subset is not None:
         if subset > len(labels):
@@ -85,14 +101,19 @@ def make_dataset(
     if training:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
-        ds = with_seeds(ds, seed).map(_pad_crop_flip, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = with_seeds(ds, seed).map(functools.partial(_augment, augmentation), num_parallel_calls=tf.data.AUTOTUNE)
     mean, std = (tf.constant(v) for v in normalization(name))
     ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) / 255.0 - mean) / std, y), tf.data.AUTOTUNE)
     return finish(ds, batch_size, drop_remainder)
 
 
-def _pad_crop_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _augment(
+    augmentation: Augmentation, image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
-    padded = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
+    pad = augmentation.pad
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     image = tf.image.stateless_random_crop(padded, tf.shape(image), crop_seed)
-    return tf.image.stateless_random_flip_left_right(image, flip_seed), label
+    if augmentation.flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return image, label
