@@ -35,6 +35,7 @@ import numpy as np
 
 from cdl_tf.aggregate import paired_difference, summarize
 from cdl_tf.plots import KB, plot_results, published_points
+from cdl_tf.run_config import with_later_fields
 
 METHODS = ("float", "tfmot8", "ptq8", "ste", "cdl", "rcdl")
 FLOAT_BITS = 32
@@ -467,13 +468,13 @@ def _write_results(config, rows: List[Dict[str, Any]], reference: int, outdir: s
 
 
 def lineage(workdir: str) -> Dict[str, Any]:
-    """What a run's results depend on but its seed: its config without ``seed`` (and the fields
-    that change nothing), where the runs it starts from (``init_from``) or learns from
+    """What a run's results depend on but its seed: its config (`with_later_fields`) without
+    ``seed`` (and the fields that change nothing), where the runs it starts from (``init_from``) or learns from
     (``distill.teacher``) are replaced by their own lineages if their directories still exist.
 
     Runs of one recipe under other seeds, each continuing its own seed's parent, share it.
     """
-    config = _read_json(os.path.join(workdir, "config.json"))
+    config = with_later_fields(_read_json(os.path.join(workdir, "config.json")))
     for key in ("seed", *_IGNORED_CONFIG_FIELDS):
         config.pop(key, None)
     for parent, key in ((config, "init_from"), (config.get("distill") or {}, "teacher")):

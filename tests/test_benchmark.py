@@ -295,6 +295,10 @@ def test_lineage_ignores_seeds_along_the_chain(tmp_path):
     assert benchmark.lineage(taught[0]) == benchmark.lineage(taught[1])
     gone = _write_run(tmp_path / "orphan", init_from=str(tmp_path / "deleted"))
     assert benchmark.lineage(gone)["init_from"] == str(tmp_path / "deleted")
+    # A config written before `augment` existed means its default: the same lineage.
+    newer = _write_run(tmp_path / "cdl0_newer", seed=2, init_from=parents[0], augment="auto")
+    assert benchmark.lineage(newer) == same
+    assert benchmark.lineage(_write_run(tmp_path / "cdl0_shifted", init_from=parents[0], augment="on")) != same
 
 
 def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
