@@ -1,14 +1,17 @@
 """Keras callbacks for CDL training."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 from typing import Callable
 
 import tensorflow as tf
 import tf_keras as keras
 
 from cdl_tf.distillation import Distiller
+from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import quantizers
 from cdl_tf.report import rate_report
 
@@ -89,3 +92,47 @@ class RateLogger(keras.callbacks.Callback):
             for key in ("bits_per_weight", "bits_per_weight_soft"):
                 tf.summary.scalar(f"total/{key}", report.totals[key])
         self._writer.flush()
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Each finished epoch's logs and seconds, written to ``path`` and kept across resumes.
+
+    `keras.callbacks.BackupAndRestore` resumes an interrupted run at the epoch after its last
+    backup, and ``fit`` then reports only the epochs it ran. This log keeps the earlier
+    epochs (those before the first one this ``fit`` runs), so `history` covers every epoch of
+    the run and `earlier_seconds` is the time spent in the ones this ``fit`` did not run. Place it before `BackupAndRestore`: an epoch is logged before its
+    backup is written, and one logged but not backed up runs again and is logged again.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.epochs: list[dict] = []
+        self.earlier_seconds = 0.0
+        self._previous: list[dict] | None = None
+        self._start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._previous = []
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                self._previous = json.load(f)["epochs"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._previous is not None:  # the first epoch of this fit: keep the run's earlier ones
+            self.epochs = [e for e in self._previous if e["epoch"] < epoch]
+            self.earlier_seconds = sum(e["seconds"] for e in self.epochs)
+            self._previous = None
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {"epoch": epoch, "seconds": time.time() - self._start,
+                 "logs": {k: float(v) for k, v in (logs or {}).items()}}
+        self.epochs.append(entry)
+        atomic_write_json(self.path, {"epochs": self.epochs})
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """``History.history`` of every logged epoch of the run, in epoch order."""
+        keys = dict.fromkeys(k for e in self.epochs for k in e["logs"])
+        return {k: [e["logs"][k] for e in self.epochs if k in e["logs"]] for k in keys}

@@ -4,6 +4,7 @@ A run lives in a work directory:
 
     config.json        the validated config of the run
     backup/            `BackupAndRestore` state: a killed run restarts where it stopped
+    epochs.json        each finished epoch's logs and seconds, kept across restarts (`EpochLog`)
     tensorboard/       loss, accuracy, rates overall and per tensor, q and alpha per tensor,
                        communication bits
     model.keras        the trained model (load inside `cdl_tf.quantize_scope()`)
@@ -31,7 +32,7 @@ from cdl_tf import data as cdl_data
 from cdl_tf import models as cdl_models
 from cdl_tf.data.info import DATASETS
 from cdl_tf.batchnorm import reestimate_batchnorm
-from cdl_tf.callbacks import RateLogger, RateSchedule, SoftnessSchedule
+from cdl_tf.callbacks import EpochLog, RateLogger, RateSchedule, SoftnessSchedule
 from cdl_tf.communication import activation_site, communication_report, write_summaries
 from cdl_tf.config import CDLConfig
 from cdl_tf.distillation import Distiller
@@ -258,7 +259,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     _check_split_at(model, config)
     if config.strategy != "default":
         initialize_quantizers(model, strategy, _first_batch(train, config.batch_size))
+    epoch_log = EpochLog(os.path.join(outdir, "epochs.json"))
     callbacks = [
+        epoch_log,  # before the backup: see `EpochLog`
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(os.path.join(outdir, "tensorboard")),
@@ -270,7 +273,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     history = fitted.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
     if fitted.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise FloatingPointError("training stopped on a NaN loss; lower the learning rate or the lambdas")
-    train_time = time.time() - start
+    train_time = epoch_log.earlier_seconds + time.time() - start
     with strategy.scope():
         if fitted is not model:
             model.compile(**_compile_args())
@@ -281,7 +284,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     metrics.update(
         train_time_s=train_time, epochs=config.epochs, strategy=config.strategy,
         replicas=strategy.num_replicas_in_sync,
-        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        history=epoch_log.history,
     )
     if "communication" in metrics:
         write_summaries(os.path.join(outdir, "tensorboard"), metrics["communication"], config.epochs)

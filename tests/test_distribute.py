@@ -164,9 +164,12 @@ def test_two_workers_agree_and_resume_from_backup_after_a_kill(tmp_path, data_di
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "metrics.json").exists()
+    logged = json.loads((tmp_path / "epochs.json").read_text())["epochs"]  # logged before its backup
     _finish(_start_workers(tmp_path, data_dir, epochs=2))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(metrics["history"]["loss"]) == 1  # epoch 2 only: epoch 1 came from the backup
+    epochs = json.loads((tmp_path / "epochs.json").read_text())["epochs"]
+    assert epochs[0] == logged[0] and [e["epoch"] for e in epochs] == [0, 1]  # epoch 1 was not run again
+    assert len(metrics["history"]["loss"]) == 2  # the history still covers both epochs
     assert metrics["replicas"] == 2 and metrics["strategy"] == "multiworker"
     assert metrics["test_accuracy"] > 0.3 and metrics["communication"]["split"]["site"] == "fc2"
     assert not list(backup.rglob("*.index"))

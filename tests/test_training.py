@@ -218,8 +218,15 @@ def test_killed_run_resumes_from_its_backup(tmp_path, data_dir):
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     metrics = json.loads((workdir / "metrics.json").read_text())
-    # The restarted run trained only the epochs that were not yet done.
-    assert 1 <= len(metrics["history"]["loss"]) < 4
+    # The restarted run trained only the epochs that were not yet done ...
+    rerun = [line for line in done.stdout.splitlines() if line.startswith("Epoch ")]
+    assert 1 <= len(rerun) < 4 and rerun[0] != "Epoch 1/4", rerun
+    # ... and its history and train time still cover all four.
+    epochs = json.loads((workdir / "epochs.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    assert len(metrics["history"]["loss"]) == len(metrics["history"]["val_accuracy"]) == 4
+    assert metrics["history"]["loss"] == [e["logs"]["loss"] for e in epochs]
+    assert metrics["train_time_s"] >= sum(e["seconds"] for e in epochs)
     assert metrics["test_accuracy"] > 0.5
     assert not list(backup.rglob("*.index"))  # the backup is deleted once training finished
 
