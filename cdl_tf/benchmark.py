@@ -469,8 +469,9 @@ def _write_results(config, rows: List[Dict[str, Any]], reference: int, outdir: s
 
 def lineage(workdir: str) -> Dict[str, Any]:
     """What a run's results depend on but its seed: its config (`with_later_fields`) without
-    ``seed`` (and the fields that change nothing), where the runs it starts from (``init_from``) or learns from
-    (``distill.teacher``) are replaced by their own lineages if their directories still exist.
+    ``seed`` (and the fields that change nothing), where the runs it starts from
+    (``init_from``) or learns from (``distill.teacher``) are replaced by their own lineages if
+    their directories still exist.
 
     Runs of one recipe under other seeds, each continuing its own seed's parent, share it.
     """

@@ -100,8 +100,9 @@ class EpochLog(keras.callbacks.Callback):
     `keras.callbacks.BackupAndRestore` resumes an interrupted run at the epoch after its last
     backup, and ``fit`` then reports only the epochs it ran. This log keeps the earlier
     epochs (those before the first one this ``fit`` runs), so `history` covers every epoch of
-    the run and `earlier_seconds` is the time spent in the ones this ``fit`` did not run. Place it before `BackupAndRestore`: an epoch is logged before its
-    backup is written, and one logged but not backed up runs again and is logged again.
+    the run and `earlier_seconds` is the time spent in the ones this ``fit`` did not run.
+    Place it before `BackupAndRestore`: an epoch is logged before its backup is written, and
+    one logged but not backed up runs again and is logged again.
     """
 
     def __init__(self, path: str):
