@@ -15,6 +15,11 @@ LATER_FIELDS: Dict[str, Any] = {
 }
 
 
+def later_field(config: Mapping[str, Any], name: str) -> Any:
+    """``config[name]`` for a field of `LATER_FIELDS`, its value there if ``config`` lacks it."""
+    return config.get(name, LATER_FIELDS[name])
+
+
 def with_later_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
     """``config`` (a run's ``config.json``) with each field of `LATER_FIELDS` it lacks at its value there."""
     return {**LATER_FIELDS, **config}

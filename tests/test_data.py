@@ -337,8 +337,8 @@ def test_augmentation_is_a_padded_crop_and_optional_flip(arrays, data_dir, name,
             continue
         assert flip and any(np.allclose(recovered[i], c[:, ::-1], atol=1e-2) for c in crops), i
         flipped += 1
-    # Each image is flipped with probability 1/2 (an unflipped one may match a flipped
-    # crop too, so only the flipped ones that match no crop are counted): 32 draws.
+    # Only images that match no unflipped crop count as flipped: with a flip probability of
+    # 1/2 per image, some of the 32 (seeded) are.
     assert (flipped > 0) == flip
 
 
