@@ -35,7 +35,7 @@ import numpy as np
 
 from cdl_tf.aggregate import paired_difference, summarize
 from cdl_tf.plots import KB, plot_results, published_points
-from cdl_tf.run_config import with_later_fields
+from cdl_tf.run_config import read_run_config, with_later_fields
 
 METHODS = ("float", "tfmot8", "ptq8", "ste", "cdl", "rcdl")
 FLOAT_BITS = 32
@@ -498,8 +498,6 @@ def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
     also gives the post-training int8 point, written to ``outdir/ptq8_<float run's name>``.
     Runs with the same `lineage` form one group of the summary.
     """
-    import ml_collections
-
     from cdl_tf.training import validate_config
 
     if not workdirs:
@@ -507,7 +505,7 @@ def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
     os.makedirs(outdir, exist_ok=True)
     rows, configs = [], []
     for workdir in workdirs:
-        config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+        config = read_run_config(workdir)
         validate_config(config)
         if configs and (config.model, config.dataset) != (configs[0].model, configs[0].dataset):
             raise BenchmarkError(f"{workdir} is a {config.model}/{config.dataset} run; the others are "
@@ -540,8 +538,6 @@ def compare_runs(pairs: Sequence[Tuple[str, str]], outdir: str) -> Dict[str, Any
 
     Writes ``outdir/paired.json`` and returns its contents.
     """
-    import ml_collections
-
     from cdl_tf.io import atomic_write_json
     from tflite_export.convert import TFLiteModel
     from tflite_export.export import eval_arrays
@@ -553,7 +549,7 @@ def compare_runs(pairs: Sequence[Tuple[str, str]], outdir: str) -> Dict[str, Any
         if not os.path.isfile(os.path.join(workdir, "export", "model.tflite")):
             raise BenchmarkError(f"{workdir} has no export/model.tflite; export it first "
                                  f"(cdl-export --workdir={workdir}, or cdl-bench --runs={workdir})")
-        configs[workdir] = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+        configs[workdir] = read_run_config(workdir)
     test_sets = {(c.dataset, c.test_subset) for c in configs.values()}
     if len(test_sets) != 1:
         raise BenchmarkError(f"the runs are scored on different test sets {sorted(test_sets)}; a paired "

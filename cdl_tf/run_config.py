@@ -1,11 +1,13 @@
-"""Fields of a training run's config (``configs/common.py``) added after runs were first written.
+"""A finished run's config as written to its ``config.json``, read back.
 
-An older run's ``config.json`` lacks them and means the values here: validation and the
-comparison of runs read such a config with these filled in, so an older and a newer run of
-one recipe read alike.
+Fields of the training config (``configs/common.py``) added after runs were first written are
+absent from an older run's ``config.json`` and mean the values in `LATER_FIELDS`; every reader
+fills them in, so an older and a newer run of one recipe read alike.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict, Mapping
 
 LATER_FIELDS: Dict[str, Any] = {
@@ -15,11 +17,14 @@ LATER_FIELDS: Dict[str, Any] = {
 }
 
 
-def later_field(config: Mapping[str, Any], name: str) -> Any:
-    """``config[name]`` for a field of `LATER_FIELDS`, its value there if ``config`` lacks it."""
-    return config.get(name, LATER_FIELDS[name])
-
-
 def with_later_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
     """``config`` (a run's ``config.json``) with each field of `LATER_FIELDS` it lacks at its value there."""
     return {**LATER_FIELDS, **config}
+
+
+def read_run_config(workdir: str):
+    """The ``ml_collections.ConfigDict`` of the run in ``workdir`` (`with_later_fields`)."""
+    import ml_collections
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        return ml_collections.ConfigDict(with_later_fields(json.load(f)))

@@ -40,7 +40,7 @@ from cdl_tf.distribute import STRATEGIES, initialize_quantizers, make_strategy
 from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import quantize_model, quantize_scope, quantizers
 from cdl_tf.report import rate_report
-from cdl_tf.run_config import later_field
+from cdl_tf.run_config import read_run_config
 
 MODES = ("float", "cdl", "rcdl", "ste", "tfmot8")
 CDL_MODES = ("cdl", "rcdl", "ste")
@@ -78,14 +78,14 @@ def validate_config(config) -> CDLConfig:
     _require(0 <= o.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {o.momentum!r}")
     _require(isinstance(o.warmup_epochs, int) and 0 <= o.warmup_epochs < c.epochs, "optimizer.warmup_epochs",
              f"must be an integer in [0, epochs), got {o.warmup_epochs!r}")
-    final_kappa = later_field(c, "final_kappa")
+    final_kappa = c.final_kappa
     _require(final_kappa >= 0, "final_kappa", f"must be >= 0, got {final_kappa!r}")
     _require(not final_kappa or (not c.cdl.train_softness and c.cdl.softness_param == "kappa"), "final_kappa",
              "annealing kappa needs cdl.train_softness=False and cdl.softness_param='kappa'")
-    augment = later_field(c, "augment")
+    augment = c.augment
     _require(augment in AUGMENT, "augment", f"must be one of {tuple(AUGMENT)}, got {augment!r}")
     _require(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}, got {c.strategy!r}")
-    split_at = later_field(c, "split_at")
+    split_at = c.split_at
     _require(isinstance(split_at, str), "split_at", f"must be a layer name or '', got {split_at!r}")
     _require(not split_at or (c.mode in CDL_MODES and c.cdl.quantize_activations), "split_at",
              "needs a CDL mode (cdl, rcdl, ste) with quantized activations")
@@ -202,7 +202,7 @@ def _datasets(config, drop_remainder: bool = False):
     data_dir = config.data_dir or None
     train = cdl_data.make_dataset(
         config.dataset, "train", config.batch_size, data_dir=data_dir, training=True, seed=config.seed,
-        augment=AUGMENT[later_field(config, "augment")], subset=config.train_subset or None,
+        augment=AUGMENT[config.augment], subset=config.train_subset or None,
         drop_remainder=drop_remainder,
     )
     test = cdl_data.make_dataset(
@@ -268,7 +268,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     ]
     if config.mode in CDL_MODES:
         callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(outdir, "tensorboard"))]
-        if later_field(config, "final_kappa"):
+        if config.final_kappa:
             callbacks.append(SoftnessSchedule(config.cdl.init_kappa, config.final_kappa, config.epochs))
     history = fitted.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
     if fitted.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
@@ -314,7 +314,7 @@ def evaluate(model, config, test) -> Dict[str, Any]:
             weight_bits_total=totals["weight_bits_total"],
             layers=[dataclasses.asdict(t) for t in report.tensors],
             cdl=dataclasses.asdict(validate_config(config)),
-            communication=communication_report(model, later_field(config, "split_at"), x),
+            communication=communication_report(model, config.split_at, x),
         )
     return metrics
 
@@ -328,12 +328,9 @@ def load_run(workdir: str):
 
     TF-MOT's 8-bit models do not reload through `load_model`, so the model is rebuilt.
     """
-    import ml_collections
-
     if not _is_run(workdir):
         raise FileNotFoundError(f"{workdir!r} is not a finished run directory: no config.json and model.keras")
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_run_config(workdir)
     config.init_from = ""  # the weights come from the run itself, not from where it started
     if config.get("distill"):
         config.distill.teacher = ""

@@ -10,6 +10,7 @@ import pytest
 
 from cdl_tf import aggregate, benchmark, coding
 from cdl_tf.plots import LEGEND_INSIDE_MAX, PLOTS, plot_results
+from cdl_tf.run_config import read_run_config
 from cdl_tf.training import load_run
 from configs import lenet300_mnist
 from tflite_export.convert import TFLiteModel
@@ -299,6 +300,7 @@ def test_lineage_ignores_seeds_along_the_chain(tmp_path):
     newer = _write_run(tmp_path / "cdl0_newer", seed=2, init_from=parents[0], augment="auto")
     assert benchmark.lineage(newer) == same
     assert benchmark.lineage(_write_run(tmp_path / "cdl0_shifted", init_from=parents[0], augment="on")) != same
+    assert read_run_config(parents[0]).augment == "auto" and read_run_config(newer).seed == 2
 
 
 def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):

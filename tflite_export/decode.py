@@ -7,7 +7,6 @@ calibrated ranges stored in the file, the int8 ``model.tflite`` again.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
@@ -17,15 +16,13 @@ FLAGS = flags.FLAGS
 
 def decode_model(cdlz_path: str, like: str):
     """The Keras model of run ``like`` with the weights of ``cdlz_path``, and the coded file."""
-    import ml_collections
-
     from cdl_tf import coding
+    from cdl_tf.run_config import read_run_config
     from cdl_tf.training import build_model, validate_config
     from tflite_export.coded import apply_coded
 
     coded = coding.read(cdlz_path)
-    with open(os.path.join(like, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_run_config(like)
     config.init_from = ""
     model = build_model(config, validate_config(config))
     apply_coded(model, coded)
