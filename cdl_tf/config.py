@@ -32,6 +32,10 @@ class CDLConfig:
         (forward on ``Q_u``, gradient of ``Q_d``: uniform QAT without sampling).
       weight_window, activation_window: evaluate the CPMF on this many nearest levels
         (``None``: the whole alphabet).
+      activation_count_sample: ``n > 0`` estimates each activation tensor's soft index counts
+        (so its rate) from ``n`` of its values drawn at random each step, scaled to the tensor;
+        its rate gradient still reaches every value (`cdl_tf.ops.quantize_with_counts`).
+        ``0``: exact counts over the whole tensor.
       weight_alphabet: ``symmetric`` ``{-(2^(b-1)-1) .. 2^(b-1)-1}`` or ``full``
         ``{-2^(b-1) .. 2^(b-1)-1}``.
       quantize_biases: also quantize (and rate-constrain) the biases of quantized layers,
@@ -58,6 +62,7 @@ class CDLConfig:
     mode: str = "cdl"
     weight_window: Optional[int] = 5
     activation_window: Optional[int] = 5
+    activation_count_sample: int = 0
     weight_alphabet: str = "symmetric"
     quantize_biases: bool = False
     bias_bits: int = 8
@@ -94,6 +99,9 @@ class CDLConfig:
             w = getattr(self, field)
             if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
                 raise ValueError(f"CDLConfig.{field} must be a positive integer or None, got {w!r}")
+        n = self.activation_count_sample
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"CDLConfig.activation_count_sample must be an integer >= 0, got {n!r}")
         for field in ("init_kappa", "weight_init_step_scale"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

@@ -31,8 +31,9 @@ CPMF from the inputs, so no ``k``-wide tensor is kept alive between passes.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Literal, Optional
+from typing import Any, List, Literal, Optional
 
 import tensorflow as tf
 
@@ -85,40 +86,9 @@ def _window_size(lo: int, hi: int, window: Optional[int]) -> int:
     return size if window is None or window >= size else window
 
 
-def _levels(u: tf.Tensor, lo: int, hi: int, window: Optional[int]):
-    """Levels on which the CPMF is evaluated (``[..., k]``) and the nearest level (``[...]``).
-
-    ``u = theta / q``. The window is the ``k`` levels around the nearest, shifted inside ``A``.
-    """
-    size = hi - lo + 1
-    k = _window_size(lo, hi, window)
-    nearest = tf.clip_by_value(tf.round(u), float(lo), float(hi))
-    if k == size:
-        first = tf.fill(tf.shape(u), tf.constant(float(lo), u.dtype))
-    else:
-        first = tf.clip_by_value(nearest - float(k // 2), float(lo), float(hi - k + 1))
-    return first[..., None] + tf.range(k, dtype=u.dtype), nearest
-
-
-def _cpmf(theta, q, alpha, lo: int, hi: int, window: Optional[int]):
-    """CPMF on the evaluated levels: ``(p [..., k], levels [..., k], d [..., k])``.
-
-    Logits are taken relative to the nearest level, ``-alpha (d_j^2 - d_nearest^2) <= 0``,
-    so the exponentials cannot overflow and no max-subtraction pass is needed.
-    """
-    u = theta / q
-    levels, nearest = _levels(u, lo, hi, window)
-    expand = lambda t: t[..., None] if t.shape.rank else t
-    d = theta[..., None] - levels * expand(q)
-    ref = tf.square(theta - nearest * q)[..., None]
-    e = tf.exp(-expand(alpha) * (tf.square(d) - ref))
-    return e / tf.reduce_sum(e, axis=-1, keepdims=True), levels, d
-
-
-def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
-    """Sum a broadcast gradient back to a parameter's shape."""
-    _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(grad), s1=shape)
-    return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
+def _index_ids(levels: tf.Tensor, lo: int, hi: int) -> tf.Tensor:
+    """Alphabet positions ``levels - lo`` as int32, clipped so that a NaN input cannot index outside."""
+    return tf.clip_by_value(tf.cast(levels, tf.int32) - lo, 0, hi - lo)
 
 
 def _on_tpu() -> bool:
@@ -132,70 +102,229 @@ def _on_tpu() -> bool:
     )
 
 
-def _index_ids(levels: tf.Tensor, lo: int, hi: int) -> tf.Tensor:
-    """Alphabet positions ``levels - lo`` as int32, clipped so that a NaN input cannot index outside."""
-    return tf.clip_by_value(tf.cast(levels, tf.int32) - lo, 0, hi - lo)
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    """The CPMF of every value on its ``k`` evaluated levels, as ``k`` value-shaped tensors.
 
+    With ``u = theta / q``, nearest level ``r`` and ``delta = u - r``, level ``l_j = first + j``
+    sits at offset ``o_j = l_j - r`` from the nearest (``first``: the lowest evaluated level; the
+    window is the ``k`` levels around ``r``, shifted inside ``A``; a Python number when it is the
+    whole alphabet). The unnormalised CPMF relative to the nearest level is
 
-def _scatter_counts(p: tf.Tensor, ids: tf.Tensor, size: int) -> tf.Tensor:
-    """Soft counts ``sum_n P(j | theta_n)`` per level from windowed CPMFs and their level ids.
+        e_j = exp(-alpha ((theta - l_j q)^2 - (theta - r q)^2)) = exp(kappa o_j (2 delta - o_j))
 
-    A weighted bincount, which is fast on CPU; on TPU a segment sum of static size.
+    with ``kappa = alpha q^2``: its exponent is ``<= 0`` (``r`` is the nearest level), so nothing
+    overflows and no max-subtraction pass is needed; ``total = sum_j e_j >= 1``. Built inside
+    an XLA-compiled function, the ``k`` tensors fuse into one loop over the values.
     """
-    p, ids = tf.reshape(p, [-1]), tf.reshape(ids, [-1])
+
+    first: Any
+    nearest: tf.Tensor
+    delta: tf.Tensor
+    offsets: List[tf.Tensor]
+    e: List[tf.Tensor]
+    total: tf.Tensor
+
+    @classmethod
+    def of(cls, theta: tf.Tensor, q: tf.Tensor, alpha: tf.Tensor, lo: int, hi: int, k: int) -> "_Window":
+        # Each exponent is computed from theta and the levels, not from the offsets it is
+        # weighted with: XLA on CPU stores, rather than fuses, an intermediate that feeds both
+        # an exponential and other terms.
+        nearest = tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
+        first = float(lo) if k == hi - lo + 1 else tf.clip_by_value(nearest - float(k // 2), float(lo),
+                                                                       float(hi - k + 1))
+        ref = tf.square(theta - nearest * q)
+        levels = [first + float(j) for j in range(k)]
+        e = [tf.exp(-alpha * (tf.square(theta - level * q) - ref)) for level in levels]
+        return cls(first, nearest, (theta - nearest * q) / q, [level - nearest for level in levels], e, tf.add_n(e))
+
+    def moment_sum(self, weights: Optional[List[tf.Tensor]] = None, power: int = 0) -> tf.Tensor:
+        """``sum_j e_j w_j o_j^power`` (``w = 1`` if ``weights`` is None): ``total`` times ``E[w o^power]``.
+
+        Unnormalised, so that an expression divides by ``total`` once: XLA on CPU stores, rather
+        than fuses, a quotient that several terms read.
+        """
+        terms = []
+        for j, (ej, o) in enumerate(zip(self.e, self.offsets)):
+            t = ej if weights is None else ej * weights[j]
+            for _ in range(power):
+                t = t * o
+            terms.append(t)
+        return tf.add_n(terms)
+
+    def sample(self, seed: tf.Tensor) -> tf.Tensor:
+        """Level of one draw ``I ~ P(. | theta)`` per value (inverse CDF of a stateless uniform)."""
+        u = tf.random.stateless_uniform(tf.shape(self.total), seed=seed, dtype=self.total.dtype, alg=_RNG)
+        u = u * self.total
+        below, index = tf.zeros_like(u), tf.zeros_like(u)
+        for ej in self.e[:-1]:
+            below += ej
+            index += tf.cast(below < u, u.dtype)
+        return self.first + index
+
+    def lookup(self, table: tf.Tensor, lo: int, hi: int) -> List[tf.Tensor]:
+        """``table[l_j - lo]`` for every window position ``j``.
+
+        For small alphabets a chain of selects on ``first`` (XLA's gathers are slow on CPU),
+        else gathers.
+        """
+        k = len(self.e)
+        if not isinstance(self.first, tf.Tensor):
+            return [table[j] for j in range(k)]
+        firsts = range(lo, hi - k + 2)
+        if len(firsts) * k > _MAX_SELECTS:
+            ids = _index_ids(self.first, lo, hi)
+            return [tf.gather(table, ids + j) for j in range(k)]
+        out = []
+        for j in range(k):
+            v = tf.zeros_like(self.total) + table[j]
+            for f in firsts[1:]:
+                v = tf.where(self.first == float(f), table[f - lo + j], v)
+            out.append(v)
+        return out
+
+
+# ThreeFry: XLA on CPU draws it at ~2 ns per value, its "auto_select" choice at ~400 ns.
+_RNG = "threefry"
+
+# Table lookups per value as selects up to this many (window starts x window positions).
+_MAX_SELECTS = 128
+
+
+def _cpmf_rows(theta: tf.Tensor, q: tf.Tensor, alpha: tf.Tensor, lo: int, hi: int, k: int):
+    """CPMF rows ``p [M, k]`` of values ``theta [M]`` and the alphabet positions ``[M]`` of their
+    windows' first levels, for `_scatter_counts`; the ``[M, k]`` layout is what XLA writes fastest."""
+    nearest = tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
+    first = tf.zeros_like(theta) + float(lo) if k == hi - lo + 1 else tf.clip_by_value(
+        nearest - float(k // 2), float(lo), float(hi - k + 1))
+    levels = first[:, None] + tf.range(k, dtype=theta.dtype)
+    ref = tf.square(theta - nearest * q)[:, None]
+    e = tf.exp(-alpha * (tf.square(theta[:, None] - levels * q) - ref))
+    return e / tf.reduce_sum(e, axis=-1, keepdims=True), _index_ids(first, lo, hi)
+
+
+def _scatter_counts(p: tf.Tensor, first_ids: tf.Tensor, size: int) -> tf.Tensor:
+    """Soft counts per level from CPMF rows ``p [M, k]`` whose windows start at ``first_ids [M]``.
+
+    A weighted bincount over the ``M k`` level ids, which is fast on CPU; on TPU a segment sum
+    of static size.
+    """
+    ids = tf.reshape(first_ids[:, None] + tf.range(tf.shape(p)[1]), [-1])
+    p = tf.reshape(p, [-1])
     if _on_tpu():
         return tf.math.unsorted_segment_sum(p, ids, size)
     return tf.math.bincount(ids, weights=p, minlength=size, maxlength=size, dtype=p.dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels(lo: int, hi: int, window: Optional[int], value: str):
-    """Forward ``(theta, q, alpha, seed) -> (values, counts)`` and backward passes for one
-    alphabet, window and value mode.
+def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """Sum a broadcast gradient back to a parameter's shape."""
+    _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(grad), s1=shape)
+    return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
 
-    The CPMF work runs in XLA-compiled kernels; the counts are summed outside XLA, which is
-    faster on CPU: a column sum of the CPMF on the whole alphabet, otherwise a weighted
-    bincount over the level ids that the kernel returns beside the windowed CPMF.
+
+def _subset_seed(seed: tf.Tensor) -> tf.Tensor:
+    """A seed for the count subset, another stream than the ``Q_p`` draw's."""
+    return tf.stack([tf.bitwise.bitwise_xor(seed[0], tf.constant(0x2545F4914F6CDD1D, tf.int64)), seed[1]])
+
+
+def _covariances(w: _Window, g_out: tf.Tensor, q: tf.Tensor, g_level: List[tf.Tensor]):
+    """``total^2`` times ``(Cov(W, o), Cov(W, o^2))`` per value, for ``W_j = g q l_j + G_{l_j}``.
+
+    ``W = g q (r + o) + G``, so ``Cov(W, X) = g q Cov(o, X) + Cov(G, X)``, with
+    ``S^2 Cov(A, B) = S sum e A B - (sum e A)(sum e B)``; the offsets ``o`` are taken about the
+    nearest level, where the CPMF is concentrated.
+    """
+    s, m1, m2, m3 = w.total, w.moment_sum(power=1), w.moment_sum(power=2), w.moment_sum(power=3)
+    mg, mg1, mg2 = w.moment_sum(g_level), w.moment_sum(g_level, 1), w.moment_sum(g_level, 2)
+    gq = g_out * q
+    return gq * (s * m2 - m1 * m1) + (s * mg1 - mg * m1), gq * (s * m3 - m1 * m2) + (s * mg2 - mg * m2)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: Optional[int]):
+    """Forward ``(theta, q, alpha, seed) -> (values, counts)`` and backward passes for one
+    alphabet, window, value mode and count estimate.
+
+    The CPMF lives as ``k`` value-shaped tensors (`_Window`) inside XLA-compiled functions, each
+    with one output over the values, which XLA fuses into one loop: ``Q_d``'s forward is a single
+    pass over ``theta``. The backward pass recomputes the CPMF from the inputs: once for the
+    values' gradient and once in each of the reductions that give the gradients of ``q`` and
+    ``alpha``, each a compiled function of one output (XLA on CPU does not fuse several outputs
+    into one loop, and would otherwise store the intermediates they share), run one after
+    another. All come from per-value covariances under the CPMF, with ``d_j = q (delta - o_j)``:
+
+        dL/dtheta = 2 alpha q Cov(W, o)
+        dL/dalpha = -q^2 (Cov(W, o^2) - 2 delta Cov(W, o))
+        dL/dq     = g E[I] + 2 alpha q ((delta - r) Cov(W, o) - Cov(W, o^2))
+
+    Counts are a weighted bincount, outside XLA, of ``[M, k]`` CPMF rows that the forward kernel
+    returns: ``M = N`` for exact counts; with ``count_sample=n``, ``M = n`` values drawn uniformly
+    with replacement and the counts scaled by ``N / n`` (an unbiased estimate at a cost
+    independent of ``N``); the backward pass is that of the exact counts, so the rate gradient
+    reaches every value.
+
+    Measured on CPU only (`bench/quantizer_kernel.py`, `bench/step_time.py`). XLA on GPU fuses
+    several outputs into one kernel, where the three backward passes could be one; there and on
+    TPU the select chains of `_Window.lookup` and the threefry draws cost differently; the
+    bincount outside XLA runs as TensorFlow's own GPU kernel, and under `TPUStrategy` as a
+    static-size segment sum inside the compiled step.
     """
     size = hi - lo + 1
-    full = _window_size(lo, hi, window) == size
+    k = _window_size(lo, hi, window)
+
+    def values(w: _Window, q, seed):
+        if value == "soft":
+            return q * (w.nearest + w.moment_sum(power=1) / w.total)
+        if value == "nearest":
+            return q * w.nearest
+        return q * w.sample(seed)
 
     def kernel(theta, q, alpha, seed):
-        p, levels, _ = _cpmf(theta, q, alpha, lo, hi, window)
-        if value == "soft":
-            out = q * tf.reduce_sum(p * levels, axis=-1)
-        elif value == "nearest":
-            out = q * tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
-        else:
-            u = tf.random.stateless_uniform(tf.shape(theta), seed=seed, dtype=theta.dtype)
-            below = tf.cast(tf.math.cumsum(p, axis=-1) < u[..., None], theta.dtype)
-            idx = tf.minimum(tf.reduce_sum(below, axis=-1), float(levels.shape[-1] - 1))
-            out = q * (levels[..., 0] + idx)
-        if full:
-            return out, p
-        return out, p, _index_ids(levels, lo, hi)
+        out = values(_Window.of(theta, q, alpha, lo, hi, k), q, seed)
+        flat = tf.reshape(theta, [-1])
+        if count_sample is not None:
+            picks = tf.random.stateless_uniform([count_sample], seed=_subset_seed(seed), minval=0,
+                                                maxval=tf.size(flat), dtype=tf.int32, alg=_RNG)
+            flat = tf.gather(flat, picks)
+        return (out,) + _cpmf_rows(flat, q, alpha, lo, hi, k)
+
+    def grads(part: str):
+        """The gradient of ``theta``, ``q`` or ``alpha``: one output per compiled function."""
+
+        def grad(theta, q, alpha, g_out, g_counts):
+            w = _Window.of(theta, q, alpha, lo, hi, k)
+            cov1, cov2 = _covariances(w, g_out, q, w.lookup(g_counts, lo, hi))
+            s2 = tf.square(w.total)
+            if part == "theta":
+                return 2.0 * alpha * q * cov1 / s2
+            if part == "alpha":
+                return _sum_to_shape(-tf.square(q) * (cov2 - 2.0 * w.delta * cov1) / s2, tf.shape(alpha))
+            mean_i = w.nearest * w.total + w.moment_sum(power=1)
+            g_q = (g_out * mean_i * w.total + 2.0 * alpha * q * ((w.delta - w.nearest) * cov1 - cov2)) / s2
+            return _sum_to_shape(g_q, tf.shape(q))
+
+        return tf.function(grad, jit_compile=True)
+
+    grad_theta, grad_q, grad_alpha = grads("theta"), grads("q"), grads("alpha")
 
     def backward(theta, q, alpha, g_out, g_counts):
-        p, levels, d = _cpmf(theta, q, alpha, lo, hi, window)
-        ids = _index_ids(levels, lo, hi)
-        w = (g_out * q)[..., None] * levels + tf.gather(g_counts, ids)
-        w_c = p * (w - tf.reduce_sum(p * w, axis=-1, keepdims=True))
-        a = alpha[..., None] if alpha.shape.rank else alpha
-        g_theta = tf.reduce_sum(w_c * (-2.0 * a * d), axis=-1)
-        g_alpha = tf.reduce_sum(w_c * -tf.square(d), axis=-1)
-        g_q = g_out * tf.reduce_sum(p * levels, axis=-1) + tf.reduce_sum(w_c * (2.0 * a * levels * d), axis=-1)
-        return g_theta, _sum_to_shape(g_q, tf.shape(q)), _sum_to_shape(g_alpha, tf.shape(alpha))
+        # One after another: run side by side, the three passes would compete for the cores.
+        out = []
+        for f in (grad_theta, grad_q, grad_alpha):
+            with tf.control_dependencies(out[-1:]):
+                out.append(f(theta, q, alpha, g_out, g_counts))
+        return tuple(out)
 
     kernel = tf.function(kernel, jit_compile=True)
 
     def forward(theta, q, alpha, seed):
-        if full:
-            out, p = kernel(theta, q, alpha, seed)
-            return out, tf.reduce_sum(tf.reshape(p, [-1, size]), axis=0)
-        out, p, ids = kernel(theta, q, alpha, seed)
-        return out, _scatter_counts(p, ids, size)
+        out, p, first_ids = kernel(theta, q, alpha, seed)
+        counts = _scatter_counts(p, first_ids, size)
+        if count_sample is not None:
+            counts *= tf.cast(tf.size(theta), p.dtype) / float(count_sample)
+        return out, counts
 
-    return forward, tf.function(backward, jit_compile=True)
+    return forward, backward
 
 
 def quantize_with_counts(
@@ -208,6 +337,7 @@ def quantize_with_counts(
     value: ValueMode = "soft",
     seed: Optional[tf.Tensor] = None,
     window: Optional[int] = None,
+    count_sample: Optional[int] = None,
 ):
     """Quantized values and soft index counts in one pass over the CPMF.
 
@@ -217,8 +347,12 @@ def quantize_with_counts(
       lo, hi: integer alphabet bounds.
       value: ``"soft"`` returns ``Q_d``; ``"sample"`` a ``Q_p`` draw; ``"nearest"``
         ``Q_u``. The gradient is always that of ``Q_d`` (straight-through onto ``Q_d``).
-      seed: shape ``[2]`` integer seed of the stateless draw (``value="sample"``).
+      seed: shape ``[2]`` integer seed of the stateless draws (``value="sample"``, ``count_sample``).
       window: evaluate the CPMF on the ``window`` nearest levels only.
+      count_sample: estimate the counts from this many values drawn uniformly (with
+        replacement) from ``theta``, times ``N / count_sample``: unbiased, at a cost
+        independent of ``N``. The gradient is that of the exact counts, so the rate term's
+        gradient reaches every value. ``None`` (or ``>= N``): exact counts.
 
     Returns:
       ``(values, counts)``: values like ``theta``; ``counts[m] = sum_n P(lo + m | theta_n)``,
@@ -227,8 +361,10 @@ def quantize_with_counts(
     _check_alphabet(lo, hi, window)
     if value not in ("soft", "sample", "nearest"):
         raise ValueError(f"value must be 'soft', 'sample' or 'nearest', got {value!r}")
-    if value == "sample" and seed is None:
-        raise ValueError("value='sample' needs a seed")
+    if count_sample is not None and (int(count_sample) != count_sample or count_sample < 1):
+        raise ValueError(f"count_sample must be a positive integer or None, got {count_sample}")
+    if (value == "sample" or count_sample is not None) and seed is None:
+        raise ValueError("value='sample' and count_sample need a seed")
     theta = tf.convert_to_tensor(theta)
     if not theta.dtype.is_floating:
         raise TypeError(f"theta must be floating point, got {theta.dtype}")
@@ -236,7 +372,9 @@ def quantize_with_counts(
     alpha = tf.cast(alpha, theta.dtype)
     seed = tf.zeros([2], tf.int64) if seed is None else tf.cast(seed, tf.int64)
     lo, hi, window = int(lo), int(hi), None if window is None else int(window)
-    forward, backward = _kernels(lo, hi, window, value)
+    n = theta.shape.num_elements()
+    count_sample = None if count_sample is None or (n is not None and count_sample >= n) else int(count_sample)
+    forward, backward = _kernels(lo, hi, window, value, count_sample)
 
     @tf.custom_gradient
     def _op(theta, q, alpha):

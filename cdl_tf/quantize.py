@@ -323,7 +323,8 @@ class _Planner:
             lo, hi = c.activation_range(plan["act_bits"], unsigned=plan["site"])
             oq = CDLActivationQuantizer(
                 plan["act_bits"], lo, hi, window=c.activation_window, rate_weight=c.lambda_a,
-                rate_normalizer=max(self.n_acts, 1), **self._quantizer_args(),
+                count_sample=c.activation_count_sample, rate_normalizer=max(self.n_acts, 1),
+                **self._quantizer_args(),
             )
         if not weights and oq is None:
             return None

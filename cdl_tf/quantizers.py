@@ -90,6 +90,7 @@ class CDLQuantizer(_Quantizer):
         hi: int,
         mode: str = "cdl",
         window: Optional[int] = None,
+        count_sample: int = 0,
         init_kappa: float = 4.0,
         softness_param: str = "kappa",
         train_softness: bool = True,
@@ -107,6 +108,8 @@ class CDLQuantizer(_Quantizer):
             raise ValueError(f"softness_param must be one of {SOFTNESS_PARAMS}, got {softness_param!r}")
         if not lo <= 0 <= hi or lo == hi:
             raise ValueError(f"alphabet [{lo}, {hi}] must contain 0 and one other level")
+        if int(count_sample) != count_sample or count_sample < 0:
+            raise ValueError(f"count_sample must be an integer >= 0, got {count_sample!r}")
         if init_kappa <= 0 or init_step_scale <= 0 or rate_weight < 0 or rate_normalizer <= 0:
             raise ValueError(
                 f"need init_kappa > 0, init_step_scale > 0, rate_weight >= 0, rate_normalizer > 0; got "
@@ -115,6 +118,7 @@ class CDLQuantizer(_Quantizer):
         self.bits, self.lo, self.hi = int(bits), int(lo), int(hi)
         self.mode = mode
         self.window = None if window is None else int(window)
+        self.count_sample = int(count_sample)
         self.init_kappa = float(init_kappa)
         self.softness_param = softness_param
         self.train_softness = bool(train_softness)
@@ -174,9 +178,10 @@ class CDLQuantizer(_Quantizer):
             counts = ops.hard_index_counts(x, q, self.lo, self.hi)
             self._record(self._global_counts(counts), training=False)
             return ops.q_u(x, q, self.lo, self.hi)
-        seed = self._seed(weights) if self.mode == "cdl" else None
+        seed = self._seed(weights) if self.mode == "cdl" or self.count_sample else None
         values, counts = ops.quantize_with_counts(
-            x, q, alpha, self.lo, self.hi, value=_MODE_VALUE[self.mode], seed=seed, window=self.window
+            x, q, alpha, self.lo, self.hi, value=_MODE_VALUE[self.mode], seed=seed, window=self.window,
+            count_sample=self.count_sample or None,
         )
         bits = self._record(self._global_counts(counts), training=True)
         if _in_layer_call():
@@ -188,7 +193,7 @@ class CDLQuantizer(_Quantizer):
     def get_config(self) -> Dict[str, Any]:
         return {
             "bits": self.bits, "lo": self.lo, "hi": self.hi, "mode": self.mode,
-            "window": self.window, "init_kappa": self.init_kappa,
+            "window": self.window, "count_sample": self.count_sample, "init_kappa": self.init_kappa,
             "softness_param": self.softness_param, "train_softness": self.train_softness,
             "train_step": self.train_step, "step_grad_scale": self.step_grad_scale,
             "init_step_scale": self.init_step_scale,

@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cdl.last_layer_bits = 8
     c.cdl.weight_window = 5
     c.cdl.activation_window = 5
+    c.cdl.activation_count_sample = 0  # > 0: activation rates from this many values drawn per step (fast)
     c.cdl.weight_alphabet = "symmetric"
     c.cdl.quantize_biases = False
     c.cdl.bias_bits = 8

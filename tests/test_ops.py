@@ -214,3 +214,43 @@ def test_sample_needs_seed_and_integer_input_is_rejected():
         ops.quantize_with_counts(tf.zeros([3]), 1.0, 1.0, -1, 1, value="sample")
     with pytest.raises(TypeError, match="floating"):
         ops.q_d(tf.zeros([3], tf.int32), 1.0, 1.0, -1, 1)
+
+
+def test_count_sample_is_unbiased_within_four_standard_errors():
+    theta = tf.constant(np.random.RandomState(6).randn(20000) * 0.6, tf.float64)
+    q, alpha, n, draws = 0.3, 40.0, 500, 200
+    exact = ops.index_counts(theta, q, alpha, LO, HI, window=5).numpy()
+    est = np.stack([ops.quantize_with_counts(theta, q, alpha, LO, HI, window=5, count_sample=n, seed=[9, s])[1].numpy()
+                    for s in range(draws)])
+    np.testing.assert_allclose(est.sum(1), len(theta), rtol=1e-9)  # N/n times n rows that each sum to 1
+    # The draws are independent estimates, so their mean's standard error is their spread / sqrt(draws).
+    se = est.std(0, ddof=1) / np.sqrt(draws)
+    assert np.all(np.abs(est.mean(0) - exact) <= 4 * se + 1e-9), (est.mean(0) - exact, se)
+    assert np.any(est.std(0) > 0)
+
+
+def test_count_sample_keeps_the_exact_counts_gradient():
+    theta = tf.constant(np.random.RandomState(7).randn(3000) * 0.5, tf.float64)
+    q = tf.constant(0.25, tf.float64)
+    alpha = tf.constant(30.0, tf.float64)
+    weights = tf.constant(np.random.RandomState(8).randn(HI - LO + 1))
+    grads = []
+    for count_sample in (None, 100):
+        with tf.GradientTape() as tape:
+            tape.watch([theta, q, alpha])
+            v, c = ops.quantize_with_counts(theta, q, alpha, LO, HI, window=5, count_sample=count_sample, seed=[1, 2])
+            loss = tf.reduce_sum(v * tf.sin(theta)) + tf.reduce_sum(c * weights)  # linear in the counts
+        grads.append(tape.gradient(loss, [theta, q, alpha]))
+    for g, ge in zip(*grads):
+        np.testing.assert_allclose(g, ge, rtol=1e-12, atol=1e-12)
+
+
+def test_count_sample_of_the_whole_tensor_or_more_is_exact_and_needs_a_seed():
+    theta = tf.constant(np.random.RandomState(9).randn(50), tf.float64)
+    exact = ops.index_counts(theta, 0.3, 20.0, LO, HI, window=5)
+    _, c = ops.quantize_with_counts(theta, 0.3, 20.0, LO, HI, window=5, count_sample=50, seed=[0, 1])
+    np.testing.assert_allclose(c, exact, rtol=1e-12)
+    with pytest.raises(ValueError, match="seed"):
+        ops.quantize_with_counts(theta, 0.3, 20.0, LO, HI, count_sample=10)
+    with pytest.raises(ValueError, match="count_sample"):
+        ops.quantize_with_counts(theta, 0.3, 20.0, LO, HI, count_sample=0, seed=[0, 1])
