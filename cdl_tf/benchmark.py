@@ -160,12 +160,12 @@ def _read_json(path: str) -> Dict[str, Any]:
 def _check_existing(config, workdir: str) -> None:
     """Raise unless the run in ``workdir`` (if any) was made with ``config``.
 
-    Fields absent from either config (added after the run was made) are not compared.
+    The saved config reads with `with_later_fields`; other fields absent from either config are not compared.
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return
-    saved, wanted = _read_json(path), json.loads(config.to_json())
+    saved, wanted = with_later_fields(_read_json(path)), json.loads(config.to_json())
     diff = sorted(_diff(saved, wanted))
     if diff:
         raise BenchmarkError(f"{workdir} holds a run with another config (fields {diff}); "

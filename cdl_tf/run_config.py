@@ -14,6 +14,7 @@ LATER_FIELDS: Dict[str, Any] = {
     "final_kappa": 0.0,
     "split_at": "",
     "augment": "auto",
+    "validation_size": 0,  # older runs held out nothing: they trained on every training image
 }
 
 

@@ -8,10 +8,12 @@ A run lives in a work directory:
     tensorboard/       loss, accuracy, rates overall and per tensor, q and alpha per tensor,
                        communication bits
     model.keras        the trained model (load inside `cdl_tf.quantize_scope()`)
-    metrics.json       test accuracy with hard quantization, rates, communication bits,
-                       parameter counts, times
+    metrics.json       validation and test accuracy with hard quantization, rates, communication
+                       bits, parameter counts, times
     workers/<id>/      outputs of a non-chief worker of a multi-worker run (a copy of the chief's)
 
+Training shows and logs metrics on the validation split (`config.validation_size` training
+images held out, `cdl_tf.data.make_dataset`); the test set is evaluated once, at the end.
 `config.distill.teacher` names a finished run whose model teaches this one (`cdl_tf.distillation`).
 `config.strategy` chooses the `tf.distribute` strategy (`cdl_tf.distribute`); batches
 are global batches, which Keras splits across the replicas.
@@ -70,6 +72,12 @@ def validate_config(config) -> CDLConfig:
     for field in ("train_subset", "test_subset", "bn_reestimate_steps", "rate_warmup_epochs"):
         v = c[field]
         _require(isinstance(v, int) and v >= 0, field, f"must be an integer >= 0, got {v!r}")
+    num_train = cdl_data.dataset_info(c.dataset).num_train
+    v = c.validation_size
+    _require(isinstance(v, int) and 0 <= v < num_train, "validation_size",
+             f"must be an integer in [0, {num_train}) ({c.dataset} has {num_train} training images), got {v!r}")
+    _require(c.train_subset <= num_train - v, "train_subset",
+             f"must be <= {num_train - v}, the training images left by validation_size={v}, got {c.train_subset}")
     o = c.optimizer
     _require(o.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {o.name!r}")
     _require(o.schedule in SCHEDULES, "optimizer.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
@@ -199,17 +207,23 @@ def _compile_args() -> Dict[str, Any]:
 
 
 def _datasets(config, drop_remainder: bool = False):
-    data_dir = config.data_dir or None
+    """``(train, validation, test)`` pipelines of the config; validation is ``None`` if
+    ``config.validation_size`` is 0."""
+    data_dir, validation_size = config.data_dir or None, config.validation_size
     train = cdl_data.make_dataset(
         config.dataset, "train", config.batch_size, data_dir=data_dir, training=True, seed=config.seed,
         augment=AUGMENT[config.augment], subset=config.train_subset or None,
-        drop_remainder=drop_remainder,
+        drop_remainder=drop_remainder, validation_size=validation_size,
     )
+    validation = cdl_data.make_dataset(
+        config.dataset, "validation", config.batch_size, data_dir=data_dir, training=False,
+        validation_size=validation_size,
+    ) if validation_size else None
     test = cdl_data.make_dataset(
         config.dataset, "test", config.batch_size, data_dir=data_dir, training=False, seed=config.seed,
         subset=config.test_subset or None,
     )
-    return train, test
+    return train, validation, test
 
 
 def _first_batch(dataset, n: int) -> np.ndarray:
@@ -250,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     _save_config(config, outdir)
     keras.utils.set_random_seed(config.seed)
     start = time.time()
-    train, test = _datasets(config, drop_remainder=strategy.num_replicas_in_sync > 1)
+    train, validation, test = _datasets(config, drop_remainder=strategy.num_replicas_in_sync > 1)
     steps_per_epoch = int(train.cardinality())
     with strategy.scope():
         model = build_model(config, cdl_config)
@@ -270,7 +284,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         callbacks += [RateSchedule.warmup(config.rate_warmup_epochs), RateLogger(os.path.join(outdir, "tensorboard"))]
         if config.final_kappa:
             callbacks.append(SoftnessSchedule(config.cdl.init_kappa, config.final_kappa, config.epochs))
-    history = fitted.fit(train, epochs=config.epochs, validation_data=test, callbacks=callbacks, verbose=config.verbose)
+    history = fitted.fit(train, epochs=config.epochs, validation_data=validation, callbacks=callbacks,
+                         verbose=config.verbose)
     if fitted.stop_training and any(not np.isfinite(v) for v in history.history.get("loss", [0.0])):
         raise FloatingPointError("training stopped on a NaN loss; lower the learning rate or the lambdas")
     train_time = epoch_log.earlier_seconds + time.time() - start
@@ -280,7 +295,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         if config.mode in CDL_MODES and config.bn_reestimate_steps:
             reestimate_batchnorm(model, train, steps=config.bn_reestimate_steps)
         model.save(os.path.join(outdir, "model.keras"))
-        metrics = evaluate(model, config, test)
+        metrics = evaluate(model, config, test, validation)
     metrics.update(
         train_time_s=train_time, epochs=config.epochs, strategy=config.strategy,
         replicas=strategy.num_replicas_in_sync,
@@ -292,13 +307,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     return metrics
 
 
-def evaluate(model, config, test) -> Dict[str, Any]:
-    """Hard-quantized test accuracy, rates and parameter counts of a trained model."""
-    results = model.evaluate(test, verbose=0, return_dict=True)
+def evaluate(model, config, test, validation=None) -> Dict[str, Any]:
+    """Hard-quantized test and validation accuracy (``None`` without a validation split), rates
+    and parameter counts of a trained model."""
     metrics: Dict[str, Any] = {
         "mode": config.mode, "model": config.model, "dataset": config.dataset,
-        "test_accuracy": float(results["accuracy"]), "test_error": 1.0 - float(results["accuracy"]),
-        "test_loss": float(results["loss"]),
+        **_split_metrics(model, "test", test), **_split_metrics(model, "validation", validation),
         "params": int(sum(w.shape.num_elements() for w in model.weights if w.dtype.is_floating and w.trainable)),
     }
     if config.mode in CDL_MODES:
@@ -317,6 +331,15 @@ def evaluate(model, config, test) -> Dict[str, Any]:
             communication=communication_report(model, config.split_at, x),
         )
     return metrics
+
+
+def _split_metrics(model, split: str, dataset) -> Dict[str, Optional[float]]:
+    """``<split>_accuracy``, ``_error`` and ``_loss`` of ``model`` on ``dataset`` (each ``None`` without one)."""
+    if dataset is None:
+        return dict.fromkeys((f"{split}_accuracy", f"{split}_error", f"{split}_loss"))
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    accuracy = float(results["accuracy"])
+    return {f"{split}_accuracy": accuracy, f"{split}_error": 1.0 - accuracy, f"{split}_loss": float(results["loss"])}
 
 
 def _is_run(workdir: str) -> bool:
@@ -340,10 +363,10 @@ def load_run(workdir: str):
 
 
 def evaluate_workdir(workdir: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Re-evaluate the saved model of a finished run on its test set."""
+    """Re-evaluate the saved model of a finished run on its test set and validation split."""
     config, model = load_run(workdir)
     if data_dir:
         config.data_dir = data_dir
     model.compile(**_compile_args())
-    _, test = _datasets(config)
-    return evaluate(model, config, test)
+    _, validation, test = _datasets(config)
+    return evaluate(model, config, test, validation)

@@ -12,6 +12,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # '' -> $CDL_DATA_DIR, else TFDS
     c.train_subset = 0  # > 0: train on this many examples only
     c.test_subset = 0
+    # Training images held out as the validation split (cdl_tf.data.make_dataset; its default too),
+    # on which training reports; 0: none, training then shows no validation metrics.
+    c.validation_size = 5000
     c.augment = "auto"  # auto | on | off: training images; auto -> the dataset's default (on for CIFAR)
     c.mode = "cdl"  # float | cdl | rcdl | ste | tfmot8
     c.epochs = 20

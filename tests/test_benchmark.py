@@ -114,6 +114,20 @@ def test_changed_config_is_refused(bench, data_dir, monkeypatch):
         benchmark.run_point(c, benchmark.Point("float"), outdir)
 
 
+def test_run_made_before_validation_size_existed_is_refused_for_a_split(tmp_path):
+    # Its config has no validation_size: it trained on every training image, as validation_size=0 does.
+    c = tiny_config()
+    old = json.loads(benchmark.point_config(c, benchmark.Point("float")).to_json())
+    del old["validation_size"]
+    workdir = tmp_path / "float"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(old))
+    with pytest.raises(benchmark.BenchmarkError, match=r"another config \(fields \['validation_size'\]"):
+        benchmark.run_point(c, benchmark.Point("float"), str(tmp_path))
+    c.validation_size = 0
+    benchmark._check_existing(benchmark.point_config(c, benchmark.Point("float")), str(workdir))
+
+
 def test_ptq_int8_weights_are_coded(bench):
     _, results, _, _ = bench
     ptq = next(r for r in results["rows"] if r["method"] == "ptq8")

@@ -1,4 +1,4 @@
-"""Datasets: the real files and their checksums, corrupted/missing files, pickles, pipelines."""
+"""Datasets: the real files and their checksums, corrupted/missing files, pickles, pipelines, the validation split."""
 import dataclasses
 import gzip
 import hashlib
@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from cdl_tf.data import DatasetError, dataset_info, load_arrays, make_dataset
 from cdl_tf.data import checksums, cifar, idx
-from cdl_tf.data.pipeline import STATS, normalization
+from cdl_tf.data.pipeline import STATS, normalization, validation_mask
 
 REAL = ("mnist", "fashion_mnist", "cifar10")
 # First labels of the original files (CIFAR-10 npz: sorted by label).
@@ -351,3 +351,84 @@ def test_subset_size_classes_and_drop_remainder(data_dir):
         "cifar10", "test", 32, data_dir=data_dir, training=False, subset=100, drop_remainder=True
     )
     assert [len(y) for _, y in _batches(ds)] == [32, 32, 32]
+
+
+# --- validation split ------------------------------------------------------------------------
+
+def _assert_pipeline_yields(ds, images, labels, name):
+    """``ds`` yields exactly ``images`` (normalised as every split is) and ``labels``, in order."""
+    mean, std = normalization(name)
+    start = 0
+    for x, y in ds:
+        x, y = x.numpy(), y.numpy()
+        np.testing.assert_allclose(x, (images[start:start + len(y)] / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(y, labels[start:start + len(y)])
+        start += len(y)
+    assert start == len(labels)
+
+
+def test_validation_and_train_splits_partition_the_training_images(arrays, data_dir):
+    images, labels = arrays("mnist", "train")
+    held_out = validation_mask(images, 5000)
+    assert held_out.sum() == 5000
+
+    def split(name):
+        return make_dataset("mnist", name, 5000, data_dir=data_dir, training=False, validation_size=5000)
+
+    _assert_pipeline_yields(split("validation"), images[held_out], labels[held_out], "mnist")
+    _assert_pipeline_yields(split("train"), images[~held_out], labels[~held_out], "mnist")
+
+
+def test_validation_images_are_spread_over_the_classes(arrays):
+    images, labels = arrays("cifar10", "train")  # the npz is sorted by label: its last 5000 images are trucks
+    assert np.bincount(labels[validation_mask(images, 5000)], minlength=10).min() > 400
+
+
+def test_validation_images_depend_on_the_pixels_not_their_order(arrays):
+    images, _ = arrays("fashion_mnist", "train")
+    mask = validation_mask(images, 2000)
+    order = np.random.default_rng(7).permutation(len(images))
+    np.testing.assert_array_equal(validation_mask(images[order], 2000), mask[order])
+    smaller = validation_mask(images, 500)
+    assert smaller.sum() == 500 and not (smaller & ~mask).any()  # held out at every larger size
+
+
+def test_train_subset_comes_from_the_images_left_for_training(arrays, data_dir):
+    images, _ = arrays("mnist", "train")
+    held_out = {image.tobytes() for image in images[validation_mask(images, 5000)]}
+    ds = make_dataset("mnist", "train", 500, data_dir=data_dir, training=True, subset=2000, validation_size=5000)
+    mean, std = normalization("mnist")
+    subset = [np.round((x * std + mean) * 255).astype(np.uint8).tobytes() for x, _ in ds.unbatch().as_numpy_iterator()]
+    assert len(subset) == 2000 and not held_out.intersection(subset)
+    with pytest.raises(ValueError, match=r"subset must be in \[1, 55000\] for mnist train"):
+        make_dataset("mnist", "train", 8, data_dir=data_dir, training=False, subset=55_001)
+
+
+def test_validation_size_zero_keeps_every_training_image(data_dir):
+    def batches(validation_size):
+        return int(make_dataset("mnist", "train", 1000, data_dir=data_dir, training=False,
+                                validation_size=validation_size).cardinality())
+
+    assert (batches(0), batches(5000)) == (60, 55)
+    with pytest.raises(ValueError, match="validation split needs validation_size >= 1"):
+        make_dataset("mnist", "validation", 8, data_dir=data_dir, training=False, validation_size=0)
+    with pytest.raises(ValueError, match=r"validation_size must be in \[0, 60000\) for mnist"):
+        make_dataset("mnist", "train", 8, data_dir=data_dir, training=False, validation_size=60_000)
+    with pytest.raises(ValueError, match="split 'val'"):
+        make_dataset("mnist", "val", 8, data_dir=data_dir, training=False)
+
+
+def test_imagenet_validation_is_the_end_of_tfds_train_split(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    splits = []
+
+    def fake_load(name, split, **kwargs):
+        splits.append(split)
+        return tf.data.Dataset.from_tensors((tf.zeros([300, 400, 3], tf.uint8), tf.constant(1, tf.int64)))
+
+    monkeypatch.setattr(tfds, "load", fake_load)
+    for split, validation_size in (("train", 10_000), ("validation", 10_000), ("test", 10_000), ("train", 0)):
+        ds = make_dataset("imagenet2012", split, 1, training=False, validation_size=validation_size)
+        assert next(iter(ds))[0].shape == (1, 224, 224, 3)
+    assert splits == ["train[:-10000]", "train[-10000:]", "validation", "train"]

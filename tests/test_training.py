@@ -22,7 +22,7 @@ def small(config_module, data_dir, variant="", **overrides):
     c = config_module.get_config(variant)
     c.data_dir = str(data_dir)
     c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 1024, 500, 1, 128, 0
-    c.bn_reestimate_steps = 2
+    c.validation_size, c.bn_reestimate_steps = 500, 2
     for key, value in overrides.items():
         target = c
         *path, last = key.split(".")
@@ -46,6 +46,10 @@ def small(config_module, data_dir, variant="", **overrides):
         ({"init_from": "/nonexistent"}, "config.init_from"),
         ({"strategy": "horovod"}, "config.strategy"),
         ({"augment": "yes"}, "config.augment"),
+        ({"validation_size": -1}, "config.validation_size"),
+        ({"validation_size": 60_000}, "config.validation_size"),
+        ({"dataset": "cifar10", "validation_size": 50_000}, "config.validation_size"),
+        ({"validation_size": 59_000, "train_subset": 1001}, "config.train_subset"),
     ],
 )
 def test_config_validation_names_the_field(data_dir, override, field):
@@ -90,6 +94,12 @@ def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
     assert 0.5 < saved["test_accuracy"] <= 1.0  # 1024 MNIST examples, one epoch: far above chance
     assert saved["test_error"] == pytest.approx(1 - saved["test_accuracy"])
     assert saved["params"] > 266_000 and saved["train_time_s"] > 0
+    # Training validated on the validation split, not the test set: its last epoch's
+    # validation loss is the final model's on the validation split (no BatchNorm to re-estimate).
+    assert saved["history"]["val_loss"][-1] == pytest.approx(saved["validation_loss"], rel=1e-5)
+    assert saved["validation_loss"] != pytest.approx(saved["test_loss"], rel=1e-3)
+    assert 0.5 < saved["validation_accuracy"] <= 1.0
+    assert saved["validation_error"] == pytest.approx(1 - saved["validation_accuracy"])
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "config.json").is_file()
     if mode in ("cdl", "rcdl", "ste"):
         assert 0 < saved["bits_per_weight"] <= 8 and 0 < saved["bits_per_activation"] <= 8
@@ -103,7 +113,28 @@ def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
     # Re-evaluating the saved run gives the same figures.
     again = evaluate_workdir(str(tmp_path))
     assert again["test_accuracy"] == pytest.approx(saved["test_accuracy"])
+    assert again["validation_accuracy"] == pytest.approx(saved["validation_accuracy"])
     assert again.get("bits_per_weight") == pytest.approx(saved.get("bits_per_weight"))
+
+
+def test_without_validation_split_and_config_of_an_older_run(tmp_path, data_dir):
+    from cdl_tf.benchmark import lineage
+    from cdl_tf.run_config import read_run_config
+
+    metrics = train_and_evaluate(small(lenet300_mnist, data_dir, mode="float", validation_size=0), str(tmp_path))
+    assert not [k for k in metrics["history"] if k.startswith("val_")]
+    assert metrics["validation_accuracy"] is None and 0.5 < metrics["test_accuracy"] <= 1.0
+    # A run made before validation_size existed trained on every training image: it reads as 0.
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    assert config["validation_size"] == 0
+    new_lineage = lineage(str(tmp_path))
+    del config["validation_size"]
+    path.write_text(json.dumps(config))
+    assert read_run_config(str(tmp_path)).validation_size == 0
+    assert lineage(str(tmp_path)) == new_lineage
+    again = evaluate_workdir(str(tmp_path))
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"]) and again["validation_accuracy"] is None
 
 
 def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
@@ -282,10 +313,11 @@ def test_teacher_of_another_dataset_is_rejected(tmp_path, data_dir):
 
 
 def test_augment_field_reaches_the_training_pipeline(data_dir):
-    def first_train_batch(augment):
-        train, _ = _datasets(small(lenet5_mnist, data_dir, augment=augment))
-        return next(iter(train))[0].numpy()
+    def first_batches(augment):
+        train, validation, _ = _datasets(small(lenet5_mnist, data_dir, augment=augment))
+        return next(iter(train))[0].numpy(), next(iter(validation))[0].numpy()
 
-    off = first_train_batch("off")
-    np.testing.assert_array_equal(first_train_batch("auto"), off)  # MNIST: off by default
-    assert not np.allclose(first_train_batch("on"), off)
+    (off, validation_off), (on, validation_on) = first_batches("off"), first_batches("on")
+    np.testing.assert_array_equal(first_batches("auto")[0], off)  # MNIST: off by default
+    assert not np.allclose(on, off)
+    np.testing.assert_array_equal(validation_on, validation_off)  # validation images are never augmented

@@ -41,11 +41,12 @@ def eval_arrays(config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibration_data(config, batches: int = 8) -> list[np.ndarray]:
-    """The first ``batches`` unaugmented training batches, which set the int8 activation ranges."""
+    """The first ``batches`` unaugmented training batches (validation images held out), which set
+    the int8 activation ranges."""
     from cdl_tf import data as cdl_data
 
     ds = cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=config.data_dir or None,
-                               training=False, seed=config.seed)
+                               training=False, seed=config.seed, validation_size=config.validation_size)
     return [x.numpy() for x, _ in ds.take(batches)]
 
 

@@ -6,7 +6,6 @@ import os
 import tensorflow as tf
 
 from cdl_tf.data.errors import DatasetError
-from cdl_tf.data.info import check_split
 from cdl_tf.data.tfdata import finish, with_seeds
 
 SIZE = 224
@@ -26,8 +25,11 @@ def imagenet_dataset(
     augment: bool | None,
     subset: int | None,
     drop_remainder: bool,
+    validation_size: int,
 ) -> tf.data.Dataset:
-    """`make_dataset` for ``imagenet2012`` (test = validation split), streamed from TFDS.
+    """`make_dataset` for ``imagenet2012``, streamed from TFDS: ``test`` is ILSVRC2012's
+    validation set, ``validation`` the last ``validation_size`` examples of TFDS's train split
+    (which TFDS stores in a fixed shuffled order), ``train`` the examples before them.
 
     ``data_dir`` is the TFDS data directory (TFDS needs the manually downloaded
     ILSVRC2012 archives to prepare it). Not cached: it does not fit in memory.
@@ -35,10 +37,11 @@ def imagenet_dataset(
     """
     import tensorflow_datasets as tfds
 
-    check_split(split)
+    tfds_split = {"train": f"train[:-{validation_size}]" if validation_size else "train",
+                  "validation": f"train[-{validation_size}:]", "test": "validation"}[split]
     try:
         ds = tfds.load(
-            "imagenet2012", split="train" if split == "train" else "validation", data_dir=data_dir,
+            "imagenet2012", split=tfds_split, data_dir=data_dir,
             as_supervised=True, shuffle_files=training, read_config=tfds.ReadConfig(shuffle_seed=seed),
         )
     except Exception as e:  # TFDS raises many types (missing manual files, I/O errors).

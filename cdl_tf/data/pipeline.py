@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ import tensorflow as tf
 
 from cdl_tf.data.arrays import ARRAY_DATASETS, load_arrays
 from cdl_tf.data.imagenet import imagenet_dataset
-from cdl_tf.data.info import check_name
+from cdl_tf.data.info import PIPELINE_SPLITS, VALIDATION_SIZE, check_name, check_split, check_validation_size
 from cdl_tf.data.tfdata import finish, with_seeds
 
 def normalization(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,34 +64,42 @@ def make_dataset(
     augment: bool | None = None,
     subset: int | None = None,
     drop_remainder: bool = False,
+    validation_size: int = VALIDATION_SIZE,
 ) -> tf.data.Dataset:
     """Batches of ``(float32 normalised images, int64 labels)`` of ``split`` of ``name``.
 
-    The raw uint8 images are cached, then shuffled if ``training`` (reshuffled every
-    epoch), then augmented if ``augment`` (default: ``training`` for CIFAR; not
-    available for MNIST/Fashion-MNIST): a random 32x32 crop of the image zero-padded
-    by 4 pixels (black, as in the torchvision recipe) and a random horizontal flip.
-    Finally images are scaled to [0, 1] and normalised with the train mean/std (per
-    channel for CIFAR). ``subset=n`` keeps
-    the first ``n`` examples of a seeded permutation. Everything random derives from
-    ``seed`` through stateless ops, so pipelines built with equal seeds yield
-    identical batches. ``data_dir`` resolves as in `load_arrays`; for
-    ``imagenet2012`` it is the TFDS data directory (see `imagenet_dataset`).
+    ``split`` is ``train``, ``validation`` or ``test``: the validation split is the
+    ``validation_size`` training images that `validation_mask` picks, ``train`` the others
+    (all of them if ``validation_size`` is 0). The raw uint8 images are cached, then
+    shuffled if ``training`` (reshuffled every epoch), then augmented if ``augment``
+    (default: ``training`` and the dataset's `AUGMENTATIONS` default), then scaled to
+    [0, 1] and normalised with the train mean/std (per channel for CIFAR), the same for
+    every split. ``subset=n`` keeps the first ``n`` examples of a seeded permutation of
+    the split. Everything random derives from ``seed`` through stateless ops, so
+    pipelines built with equal seeds yield identical batches. ``data_dir`` resolves as in
+    `load_arrays`; for ``imagenet2012`` it is the TFDS data directory (see `imagenet_dataset`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be >= 1, got {subset}")
+    check_split(split, PIPELINE_SPLITS)
+    check_validation_size(name, split, validation_size)
     if name == "imagenet2012":
         return imagenet_dataset(
             split, batch_size, data_dir=data_dir, training=training, seed=seed, augment=augment,
-            subset=subset, drop_remainder=drop_remainder,
+            subset=subset, drop_remainder=drop_remainder, validation_size=validation_size,
         )
     check_name(name, ARRAY_DATASETS)
     augmentation = AUGMENTATIONS[name]
     if augment is None:
         augment = training and augmentation.default
-    images, labels = load_arrays(name, split, data_dir)
+    images, labels = load_arrays(name, "test" if split == "test" else "train", data_dir)
+    if split != "test" and validation_size:
+        keep = validation_mask(images, validation_size)
+        if split == "train":
+            keep = ~keep
+        images, labels = images[keep], labels[keep]
     if subset is not None:
         if subset > len(labels):
             raise ValueError(f"subset must be in [1, {len(labels)}] for {name} {split}, got {subset}")
@@ -105,6 +114,21 @@ def make_dataset(
     mean, std = (tf.constant(v) for v in normalization(name))
     ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) / 255.0 - mean) / std, y), tf.data.AUTOTUNE)
     return finish(ds, batch_size, drop_remainder)
+
+
+def validation_mask(images: np.ndarray, size: int) -> np.ndarray:
+    """Boolean mask of the ``size`` images whose pixels hash lowest (64-bit BLAKE2b), ties in order.
+
+    A rule on the pixels rather than their position picks the same images from every source
+    of a dataset (the CIFAR-10 npz is sorted by label, TFDS stores examples shuffled), spreads
+    them over the classes, and the images held out at one size are among those held out at
+    every larger one.
+    """
+    keys = np.array([int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "big")
+                     for image in images], np.uint64)
+    mask = np.zeros(len(images), bool)
+    mask[np.argsort(keys, kind="stable")[:size]] = True
+    return mask
 
 
 def _augment(
