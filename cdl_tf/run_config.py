@@ -15,12 +15,22 @@ LATER_FIELDS: Dict[str, Any] = {
     "split_at": "",
     "augment": "auto",
     "validation_size": 0,  # older runs held out nothing: they trained on every training image
+    "cdl.activation_count_sample": 0,  # exact counts
 }
 
 
 def with_later_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """``config`` (a run's ``config.json``) with each field of `LATER_FIELDS` it lacks at its value there."""
-    return {**LATER_FIELDS, **config}
+    """``config`` (a run's ``config.json``) with each field of `LATER_FIELDS` it lacks at its value
+    there; a dotted name is a field of a section (``cdl.X``), filled in where the section exists."""
+    config = json.loads(json.dumps(config))  # a deep copy, whatever mappings it holds
+    for name, value in LATER_FIELDS.items():
+        *sections, field = name.split(".")
+        node = config
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(field, value)
+    return config
 
 
 def read_run_config(workdir: str):

@@ -315,6 +315,14 @@ def test_lineage_ignores_seeds_along_the_chain(tmp_path):
     assert benchmark.lineage(newer) == same
     assert benchmark.lineage(_write_run(tmp_path / "cdl0_shifted", init_from=parents[0], augment="on")) != same
     assert read_run_config(parents[0]).augment == "auto" and read_run_config(newer).seed == 2
+    # Also a field of the cdl section (written as {"lambda_w": 0.5} before it existed).
+    exact = _write_run(tmp_path / "cdl0_exact", seed=3, init_from=parents[0], cdl={"lambda_w": 0.5,
+                                                                                  "activation_count_sample": 0})
+    assert benchmark.lineage(exact) == same
+    assert read_run_config(children[0]).cdl.activation_count_sample == 0
+    sampled = _write_run(tmp_path / "cdl0_sampled", init_from=parents[0], cdl={"lambda_w": 0.5,
+                                                                               "activation_count_sample": 64})
+    assert benchmark.lineage(sampled) != same
 
 
 def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
