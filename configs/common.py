@@ -107,7 +107,17 @@ def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: 
     c.cdl.lambda_w = lambda_w
 
 
-RECIPE_VARIANTS = ("", "float", "small", "small_hard")
+RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full")
+
+
+def recipe(**phases: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config of several training phases, run in the order given by one `cdl-train` command
+    (`tools/pipeline.py`); each phase continues the one before it. Override a phase's field as
+    ``--config.phases.NAME.FIELD=...``."""
+    c = ml_collections.ConfigDict()
+    c.phase_order = tuple(phases)
+    c.phases = ml_collections.ConfigDict(phases)
+    return c
 
 
 def check_variant(variant: str, variants: tuple) -> None:
@@ -117,7 +127,8 @@ def check_variant(variant: str, variants: tuple) -> None:
 
 
 def small_model_recipe(c: ml_collections.ConfigDict, variant: str, *, small: Dict[str, Any],
-                       hard: Dict[str, Any], cdl: Dict[str, Any]) -> ml_collections.ConfigDict:
+                       hard: Dict[str, Any], cdl: Dict[str, Any],
+                       short: Dict[str, int]) -> ml_collections.ConfigDict:
     """The config of one run of the three-run recipe behind our smallest models.
 
     `--config=configs/X.py:VARIANT`, run in this order:

@@ -22,5 +22,6 @@ def get_config(variant: str = ""):
         c, variant,
         small=dict(lambda_w=0.2, weight_init_step_scale=2.0, learning_rate=3e-4, weight_decay=1e-4),
         hard=dict(lambda_w=0.2, learning_rate=1e-4),
+        short=dict(float=4, small=6, small_hard=3),  # epochs of each phase of the `recipe` variant
         cdl=dict(first_layer_bits=0),  # the first layer holds 88% of the weights
     )

@@ -24,5 +24,6 @@ def get_config(variant: str = ""):
         c, variant,
         small=dict(lambda_w=0.5, weight_init_step_scale=3.0, learning_rate=3e-4, weight_decay=1e-4),
         hard=dict(lambda_w=1.5, learning_rate=3e-4),
+        short=dict(float=4, small=6, small_hard=3),  # epochs of each phase of the `recipe` variant
         cdl=dict(last_layer_bits=0),  # the 500 x 10 classifier at 4 bits too
     )

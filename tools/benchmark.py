@@ -26,7 +26,8 @@ flags.DEFINE_integer("activation_bits", 0, "Activation bit width (0: that of the
 flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl (default: all).")
 flags.DEFINE_list("seeds", None, "Run every point once per seed; the table and plots add mean ± std "
                   "(default: once, with the config's seed).")
-flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cdl-train run directories.")
+flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cdl-train run directories "
+                  "(a recipe's directory stands for its last phase).")
 flags.DEFINE_list("paired", None, "Instead of sweeping, compare exported runs A:B pairwise on their test set "
                   "(accuracy difference and its paired standard error, per pair and pooled).")
 flags.mark_flag_as_required("outdir")
@@ -45,12 +46,13 @@ def main(argv):
     import dataclasses
 
     from cdl_tf import benchmark
+    from tools.pipeline import final_run
 
     if FLAGS.runs:
-        print(benchmark.markdown(benchmark.tabulate_runs(FLAGS.runs, FLAGS.outdir)))
+        print(benchmark.markdown(benchmark.tabulate_runs([final_run(d) for d in FLAGS.runs], FLAGS.outdir)))
         return
     if FLAGS.paired:
-        pairs = [tuple(item.split(":")) for item in FLAGS.paired]
+        pairs = [tuple(final_run(d) for d in item.split(":")) for item in FLAGS.paired]
         if any(len(pair) != 2 or not all(pair) for pair in pairs):
             raise app.UsageError(f"--paired: expected RUN_A:RUN_B items, got {FLAGS.paired}")
         print(benchmark.paired_markdown(benchmark.compare_runs(pairs, FLAGS.outdir)))

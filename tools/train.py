@@ -1,6 +1,7 @@
-"""Train a model as an experiment config says.
+"""Train a model as an experiment config says, or run a recipe of several phases whole.
 
 cdl-train --config=configs/lenet5_mnist.py --workdir=/tmp/lenet5 --config.mode=rcdl
+cdl-train --config=configs/lenet5_mnist.py:recipe --workdir=/tmp/lenet5_recipe   # `tools/pipeline.py`
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -13,6 +14,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    from tools import pipeline
+
+    if pipeline.is_recipe(FLAGS.config):
+        print(pipeline.format_summary(pipeline.run_recipe(FLAGS.config, FLAGS.workdir)))
+        return
     from cdl_tf.training import train_and_evaluate
 
     print(summary(train_and_evaluate(FLAGS.config, FLAGS.workdir)))

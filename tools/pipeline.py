@@ -1,0 +1,152 @@
+"""A recipe of several training phases, run in one work directory, then exported and summarised.
+
+A config whose ``phases`` is non-empty is a recipe (e.g. ``configs/lenet5_mnist.py:recipe``):
+``phases.<name>`` are training configs, run in the order of ``phase_order``, each continuing the
+one before it (``init_from``); ``cdl-train`` runs it whole:
+
+    DIR/pipeline.json          the recipe, as validated
+    DIR/<i>_<name>/            one `cdl_tf.training` run per phase
+    DIR/export/                `cdl-export` of the last phase
+    DIR/summary.json           accuracy, coded size, rates and compression ratios (`summarize`)
+
+Every phase is validated before the first starts. A phase whose run finished (its
+``metrics.json`` exists) is not run again, and an interrupted one resumes from its backup, so
+the same command continues a recipe killed at any point.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+import ml_collections
+
+PIPELINE_FILE = "pipeline.json"
+SUMMARY_FILE = "summary.json"
+EXPORT_DIR = "export"
+
+
+class RecipeError(ValueError):
+    """A recipe's phases are missing, misnamed or inconsistent."""
+
+
+def is_recipe(config) -> bool:
+    return bool(config.get("phases"))
+
+
+def phase_dirs(config, workdir: str) -> List[str]:
+    """The run directory of each phase, in order."""
+    return [os.path.join(workdir, f"{i}_{name}") for i, name in enumerate(config.phase_order, 1)]
+
+
+def final_run(workdir: str) -> str:
+    """The run that a recipe's directory ships (its last phase); any other directory is itself."""
+    path = os.path.join(workdir, PIPELINE_FILE)
+    if not os.path.isfile(path):
+        return workdir
+    with open(path) as f:
+        return phase_dirs(ml_collections.ConfigDict(json.load(f)), workdir)[-1]
+
+
+def validate_recipe(config) -> None:
+    """Check the phase list and every phase's config before anything runs."""
+    from cdl_tf.training import ConfigError, validate_config
+
+    order = tuple(config.get("phase_order") or ())
+    names = tuple(config.phases.keys())
+    if not order or sorted(order) != sorted(names) or len(set(order)) != len(order):
+        raise RecipeError(f"config.phase_order {order} must name each of config.phases {names} once")
+    for i, name in enumerate(order):
+        phase = config.phases[name]
+        if i and phase.init_from:
+            raise RecipeError(f"config.phases.{name}.init_from: a later phase continues the one before it; "
+                              f"leave it ''")
+        try:
+            validate_config(phase)
+        except ConfigError as e:
+            raise RecipeError(f"config.phases.{name}: {e}") from e
+
+
+def run_recipe(config, workdir: str, log=print) -> Dict[str, Any]:
+    """Run (or continue) the recipe ``config`` in ``workdir``; returns the summary."""
+    from cdl_tf.io import atomic_write_json
+    from cdl_tf.training import train_and_evaluate
+    from tflite_export.export import export_workdir
+
+    validate_recipe(config)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, PIPELINE_FILE)
+    recipe = json.loads(config.to_json())
+    if os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f) != recipe:
+                raise RecipeError(f"{workdir!r} holds another recipe ({path}); use a new work directory")
+    atomic_write_json(path, recipe)
+    dirs = phase_dirs(config, workdir)
+    for i, (name, run_dir) in enumerate(zip(config.phase_order, dirs)):
+        if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+            log(f"phase {i + 1}/{len(dirs)} {name}: done ({run_dir})")
+            continue
+        phase = ml_collections.ConfigDict(config.phases[name].to_dict())
+        if i:
+            phase.init_from = dirs[i - 1]
+        log(f"phase {i + 1}/{len(dirs)} {name}: {phase.mode}, {phase.epochs} epochs -> {run_dir}")
+        train_and_evaluate(phase, run_dir)
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    if not os.path.isfile(os.path.join(export_dir, "export.json")):
+        log(f"export {dirs[-1]} -> {export_dir}")
+        export_workdir(dirs[-1], export_dir)
+    summary = summarize(workdir)
+    atomic_write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+    return summary
+
+
+def summarize(workdir: str) -> Dict[str, Any]:
+    """The shipped model of a finished recipe: test accuracy of its int8 TFLite model, coded size,
+    rates, compression ratios and train time.
+
+    ``vs_float32`` divides the float model's float32 size by the coded size; ``vs_int8`` the size
+    of the same tensors at one byte per weight and four per other value (what TF-MOT's 8-bit
+    TFLite model stores) by it.
+    """
+    from cdl_tf.benchmark import float32_bytes
+    from cdl_tf.run_config import read_run_config
+
+    with open(os.path.join(workdir, PIPELINE_FILE)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    dirs = phase_dirs(config, workdir)
+    phases = []
+    for name, run_dir in zip(config.phase_order, dirs):
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        phases.append({"name": name, "mode": config.phases[name].mode, "epochs": m["epochs"],
+                       "train_time_s": m["train_time_s"], "validation_accuracy": m.get("validation_accuracy")})
+    with open(os.path.join(dirs[-1], "metrics.json")) as f:
+        final = json.load(f)
+    with open(os.path.join(workdir, EXPORT_DIR, "export.json")) as f:
+        export = json.load(f)
+    coded = export["bytes"]["cdlz_ans"]
+    reference = float32_bytes(read_run_config(dirs[-1]))
+    int8 = export["quantized_weights"] + 4 * export["float_values"]
+    accuracy = export["accuracy"]["tflite_int8"]
+    return {
+        "workdir": os.path.abspath(workdir),
+        "accuracy": accuracy, "error": 1.0 - accuracy,
+        "validation_accuracy": final.get("validation_accuracy"),
+        "coded_bytes": coded, "coded_kb": coded / 1000.0,
+        "bits_per_weight": export["bits_per_weight"]["cdlz_ans_total"],
+        "bits_per_activation": final.get("bits_per_activation"),
+        "float32_bytes": reference, "int8_bytes": int8,
+        "vs_float32": reference / coded, "vs_int8": int8 / coded,
+        "train_time_s": sum(p["train_time_s"] for p in phases),
+        "phases": phases,
+        "test_examples": export["test_examples"],
+    }
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    acts = "" if s["bits_per_activation"] is None else f", {s['bits_per_activation']:.2f} bits/activation"
+    return (f"int8 TFLite test accuracy {s['accuracy']:.4f} (error {100 * s['error']:.2f}%), coded weights "
+            f"{s['coded_bytes']:,} B ({s['coded_kb']:.2f} KB), {s['bits_per_weight']:.3f} bits/weight{acts}; "
+            f"{s['vs_float32']:.0f}x smaller than float32, {s['vs_int8']:.1f}x smaller than 8-bit; "
+            f"trained in {s['train_time_s'] / 60:.1f} min over {len(s['phases'])} phases")
