@@ -2,8 +2,10 @@
 
 cdl-train --config=configs/lenet5_mnist.py --workdir=/tmp/lenet5 --config.mode=rcdl
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -28,7 +30,7 @@ def summary(metrics: dict) -> str:
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
