@@ -15,19 +15,14 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cdl_tf.quantize import quantizers
+from cdl_tf.quantizers import flagged
 
 
 @contextlib.contextmanager
 def hard_quantization(model) -> Iterator[None]:
     """Within the context, newly traced training-mode calls quantize with ``Q_u``."""
-    found = [q for _, q, _ in quantizers(model)]
-    for q in found:
-        q.force_hard = True
-    try:
+    with flagged((q for _, q, _ in quantizers(model)), "force_hard"):
         yield
-    finally:
-        for q in found:
-            q.force_hard = False
 
 
 def _batchnorms(model):

@@ -433,17 +433,27 @@ def result_row(point: Point, workdir: str, reference_bytes: int) -> Dict[str, An
 
 
 def run_benchmark(config, sweep: Sweep, outdir: str) -> Dict[str, Any]:
-    """Run (or resume) every point of ``sweep``; write ``results.json``, ``results.md`` and plots."""
+    """Run (or resume) every point of ``sweep``; write ``results.json``, ``results.md`` and plots.
+
+    After each point its result and a progress bar over the points (with the sweep's ETA) are printed.
+    """
+    import tf_keras as keras
+
     from cdl_tf.training import validate_config
 
     validate_config(config)
     os.makedirs(outdir, exist_ok=True)
     reference = float32_bytes(config)
     rows = []
-    for point in sweep.points():
+    points = sweep.points()
+    progress = keras.utils.Progbar(len(points), unit_name="point")
+    for done, point in enumerate(points, 1):
         rows.append(run_point(config, point, outdir, reference))
         print(f"[cdl-bench] {point.name}: accuracy {rows[-1]['accuracy']:.4f}, {rows[-1]['coded_kb']:.2f} KB",
               flush=True)
+        progress.update(done)
+        if done < len(points):
+            print(flush=True)  # the bar ends its line only when finished; the next point starts below it
     sweep_fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sweep).items()}
     return _write_results(config, rows, reference, outdir, sweep=sweep_fields)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from cdl_tf.quantize import InitializesQuantizers, quantizers
+
 
 def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float) -> tf.Tensor:
     """``T^2 KL(softmax(t / T) || softmax(s / T))``, averaged over the batch."""
@@ -21,11 +23,12 @@ def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temp
     return temperature**2 * tf.reduce_mean(tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1))
 
 
-class Distiller(keras.Model):
+class Distiller(InitializesQuantizers, keras.Model):
     """Trains ``student`` with ``model.fit`` on hard labels and ``teacher``'s soft labels.
 
     Calling the distiller calls the student, so compiled metrics, evaluation and callbacks
-    see the student's logits. Save ``distiller.student``, not the distiller.
+    see the student's logits; under `tf.distribute` the first step initialises the
+    student's quantizers. Save ``distiller.student``, not the distiller.
     """
 
     def __init__(self, student: keras.Model, teacher: keras.Model, weight: float, temperature: float, **kwargs):
@@ -52,6 +55,9 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    def _quantizers(self):
+        return quantizers(self.student)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

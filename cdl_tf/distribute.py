@@ -3,19 +3,24 @@
     strategy = make_strategy("mirrored")
     with strategy.scope():
         model = quantize_model(...); model.compile(...)
-    initialize_quantizers(model, strategy, first_global_batch)
     model.fit(global_batches)
 
 Keras splits every global batch of a `tf.data` pipeline across the replicas. The
-rate terms stay those of the global batch: activation quantizers sum their soft
-index counts across replicas before the entropy, ``H(sum_r c_r)``, Keras scales each
-replica's loss by ``1/R``, and the replicas' gradients are summed, so loss, rates and
-gradients equal one device's (up to float rounding). BatchNormalization still
-normalises with per-replica batch statistics.
+first step of ``fit`` (``evaluate``, ``predict``) initialises the quantizers' steps
+``q`` as one device does, from the weights and from mean|x| of the global batch's
+activations (`cdl_tf.quantize.InitializesQuantizers`). The rate terms stay those of
+the global batch: activation quantizers sum their soft index counts across replicas
+before the entropy, ``H(sum_r c_r)``, Keras scales each replica's loss by ``1/R``,
+and the replicas' gradients are summed, so loss, rates and gradients equal one
+device's (up to float rounding). BatchNormalization still normalises with
+per-replica batch statistics.
+
+A custom loop that steps the model in ``strategy.run`` initialises the quantizers
+first with `initialize_quantizers` (a replica step that finds one uninitialised
+raises an error saying so).
 
 On TPU the whole step is XLA-compiled: ``Q_p`` draws are stateless (seeded by a
-step counter), index counts are segment sums of static size (`cdl_tf.ops`), and the
-data-dependent initialisation of ``q`` happens before training (`initialize_quantizers`).
+step counter) and index counts are segment sums of static size (`cdl_tf.ops`).
 """
 from __future__ import annotations
 
@@ -55,10 +60,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 def initialize_quantizers(model, strategy: tf.distribute.Strategy, x: np.ndarray) -> None:
     """Set every uninitialised quantizer's ``q`` from ``x`` (a global batch), in cross-replica context.
 
-    Under a strategy, quantizers cannot initialise themselves inside the training step
-    (see `CDLQuantizer._maybe_initialize`); this call does it once, from the whole
-    batch, as the first training step of one device would. Every worker must pass the
-    same ``x``. Quantizers already initialised (restored or loaded) keep their ``q``.
+    ``fit``, ``evaluate`` and ``predict`` initialise the quantizers in their first step;
+    a custom loop's replica step cannot (see `CDLQuantizer._maybe_initialize`), so this
+    call does it once, from the whole batch in inference mode. Every worker must pass
+    the same ``x``. Quantizers already initialised (restored or loaded) keep their ``q``.
     """
     if not quantizers(model):
         return

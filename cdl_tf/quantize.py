@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
+from tf_keras.src.engine.functional import Functional
 
 from cdl_tf.config import CDLConfig
-from cdl_tf.quantizers import CDLActivationQuantizer, CDLQuantizer, CDLWeightQuantizer
+from cdl_tf.quantizers import CDLActivationQuantizer, CDLQuantizer, CDLWeightQuantizer, flagged
 
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
 
@@ -135,8 +137,74 @@ class QuantizeWrapperV2(_tfq.QuantizeWrapperV2):
         super().build(input_shape)
 
 
+class _FirstStepInitializes:
+    """A Keras step function (``model.train_function`` etc.) that initialises quantizers in its first call.
+
+    ``make(force=True)`` is Keras' maker of the step function stored in ``model.<attr>``. If,
+    at the first call, a `tf.distribute` strategy is active and some quantizer of the model
+    is not initialised, that call runs a function made for it, traced with the quantizers'
+    ``initializing`` set; every other call runs the function made first, traced without it.
+    """
+
+    def __init__(self, model: "InitializesQuantizers", attr: str, make: Callable):
+        self._model, self._attr, self._make = model, attr, make
+        self._steady = make(force=True)
+        self._pending = True
+
+    def __call__(self, *args):
+        if self._pending:
+            self._pending = False
+            distributed = tf.distribute.has_strategy()
+            found = [q for _, q, v in self._model._quantizers() if distributed and not v["initialized"].numpy()]
+            if found:
+                first = self._make(force=True)
+                setattr(self._model, self._attr, self)  # `make` stored its function there
+                with flagged(found, "initializing"):
+                    return first(*args)
+        return self._steady(*args)
+
+
+class InitializesQuantizers:
+    """Model mixin: ``fit``, ``evaluate`` and ``predict`` initialise the quantizers under `tf.distribute` too.
+
+    On one device (or in cross-replica context) a quantizer sets its step ``q`` from the
+    first tensor it sees. In a strategy's replica step it cannot do so conditionally, so
+    the first step of each of these loops is traced apart (see `_FirstStepInitializes`):
+    it initialises ``q`` from the weights and the global batch's activations, the same
+    values and the same update as on one device, and the later steps carry no
+    initialisation. ``_quantizers`` says which quantizers to watch.
+    """
+
+    def make_train_function(self, force=False):
+        return self._initializing_step("train_function", super().make_train_function, force)
+
+    def make_test_function(self, force=False):
+        return self._initializing_step("test_function", super().make_test_function, force)
+
+    def make_predict_function(self, force=False):
+        return self._initializing_step("predict_function", super().make_predict_function, force)
+
+    def _initializing_step(self, attr: str, make: Callable, force: bool):
+        if getattr(self, attr) is None or force:
+            setattr(self, attr, _FirstStepInitializes(self, attr, make))
+        return getattr(self, attr)
+
+    def _quantizers(self) -> List[Tuple[str, CDLQuantizer, dict]]:
+        return quantizers(self)
+
+
+class QuantizedModel(InitializesQuantizers, Functional):
+    """The Functional model `quantize_apply` returns (TF-MOT's, with `InitializesQuantizers`)."""
+
+
+class QuantizedSequential(InitializesQuantizers, keras.Sequential):
+    """The Sequential model `quantize_apply` returns for a Sequential model."""
+
+
 def _custom_objects() -> Dict[str, type]:
     return {
+        "QuantizedModel": QuantizedModel,
+        "QuantizedSequential": QuantizedSequential,
         "QuantizeWrapperV2": QuantizeWrapperV2,
         "CDLQuantizeConfig": CDLQuantizeConfig,
         "CDLWeightQuantizer": CDLWeightQuantizer,
@@ -336,7 +404,8 @@ def quantize_apply(model, config: CDLConfig = CDLConfig()) -> keras.Model:
     """Quantize the layers of ``model`` annotated with `quantize_annotate_layer`.
 
     Annotations that carry their own `QuantizeConfig` keep it; the others get a
-    `CDLQuantizeConfig` planned from ``config``. Returns a new model (weights copied).
+    `CDLQuantizeConfig` planned from ``config``. Returns a new model (weights copied), a
+    `QuantizedModel` or `QuantizedSequential`.
     """
     _check_model(model)
     if not isinstance(config, CDLConfig):
@@ -356,7 +425,10 @@ def quantize_apply(model, config: CDLConfig = CDLConfig()) -> keras.Model:
         planned = keras.models.clone_model(model, clone_function=annotate)
         if not any(isinstance(l, QuantizeAnnotate) for l in planned.layers):
             raise ValueError("no annotated layer has anything to quantize under this CDLConfig")
-        return _tfq.quantize_apply(planned, scheme=CDLQuantizeScheme())
+        qmodel = _tfq.quantize_apply(planned, scheme=CDLQuantizeScheme())
+    # TF-MOT builds the model; it becomes an instance of the subclass, which adds methods, no state.
+    qmodel.__class__ = QuantizedSequential if isinstance(qmodel, keras.Sequential) else QuantizedModel
+    return qmodel
 
 
 def quantize_model(model, config: CDLConfig = CDLConfig()) -> keras.Model:

@@ -18,10 +18,11 @@ With ``training=False`` the output is always ``Q_u``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 import zlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -130,11 +131,13 @@ class CDLQuantizer(_Quantizer):
         self.seed = int(seed)
         self.group = group
         self.force_hard = False
+        self.initializing = False
         self.recorder: Optional[list] = None
 
     # ``force_hard`` (read when a call is traced) makes training-mode calls use ``Q_u``
-    # without rate terms, e.g. to re-estimate BatchNorm statistics; ``recorder``, when a
-    # list, collects the quantizer's inputs of eager calls for rate reports.
+    # without rate terms, e.g. to re-estimate BatchNorm statistics; ``initializing`` (also
+    # read when traced) lets a replica step initialise ``q`` (see `_maybe_initialize`);
+    # ``recorder``, when a list, collects the quantizer's inputs of eager calls for rate reports.
 
     # -- TF-MOT Quantizer interface ------------------------------------------------
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
@@ -229,32 +232,51 @@ class CDLQuantizer(_Quantizer):
 
         0.01 for an all-zero tensor.
         """
-        mean_abs = tf.reduce_mean(tf.abs(tf.cast(x, tf.float32)))
-        q0 = self.init_step_scale * 2.0 * mean_abs / math.sqrt(2.0 ** (self.bits - 1))
+        q0 = self.init_step_scale * 2.0 * self._mean_abs(tf.cast(x, tf.float32)) / math.sqrt(2.0 ** (self.bits - 1))
         return tf.where(q0 > 1e-8, q0, 0.01)
+
+    def _mean_abs(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(tf.abs(x))
+
+    def _initial_values(self, x: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The initial ``log_q`` (and ``log_softness`` when it is ``alpha = kappa / q^2``) from ``x``."""
+        q0 = self.initial_step(x)
+        values = {"log_q": tf.math.log(q0)}
+        if self.softness_param == "alpha":
+            values["log_softness"] = tf.math.log(self.init_kappa / tf.square(q0))
+        return values
 
     def _maybe_initialize(self, x: tf.Tensor, weights) -> None:
         """Set ``q`` from the first tensor seen (weights, or the first batch of activations).
 
-        In a replica context of a `tf.distribute` strategy the assignment would be a
-        cross-replica synchronisation inside `tf.cond`, which cannot be traced; there the
-        quantizer must have been initialised by a call in cross-replica context
-        (`cdl_tf.distribute.initialize_quantizers`).
+        In a replica context of a `tf.distribute` strategy a variable assignment is a
+        cross-replica synchronisation, which `tf.cond` cannot hold. There the quantizer is
+        initialised by a step traced with ``initializing`` set (the first step of the
+        model's ``fit``/``evaluate``/``predict``, see `cdl_tf.quantize.InitializesQuantizers`),
+        which assigns without a condition and takes activation statistics over the global
+        batch; a step traced without it, before the quantizer is initialised, is refused.
         """
-        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-            tf.debugging.Assert(weights["initialized"], [f"{self._name}: quantizer used under a tf.distribute "
-                                                         "strategy before cdl_tf.distribute.initialize_quantizers"])
-            return
+        if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+            def init():
+                assigned = [weights[k].assign(v) for k, v in self._initial_values(x).items()]
+                with tf.control_dependencies(assigned):
+                    return weights["initialized"].assign(True)
 
-        def init():
-            q0 = self.initial_step(x)
-            ops_ = [weights["log_q"].assign(tf.math.log(q0)), weights["initialized"].assign(True)]
-            if self.softness_param == "alpha":
-                ops_.append(weights["log_softness"].assign(tf.math.log(self.init_kappa / tf.square(q0))))
-            with tf.control_dependencies(ops_):
-                return tf.constant(True)
-
-        tf.cond(weights["initialized"], lambda: tf.constant(True), init)
+            tf.cond(weights["initialized"], lambda: tf.constant(True), init)
+        elif self.initializing:
+            done = tf.convert_to_tensor(weights["initialized"])
+            for k, v in self._initial_values(x).items():
+                weights[k].assign(tf.where(done, weights[k], v))
+            weights["initialized"].assign(True)
+        else:
+            with tf.init_scope():  # the flag's value now, while the step is traced
+                ready = bool(weights["initialized"].numpy())
+            if not ready:
+                raise RuntimeError(
+                    f"{self._name}: quantizer used in a tf.distribute replica step before its step size was set; "
+                    "train with model.fit/evaluate/predict, or first call "
+                    "cdl_tf.distribute.initialize_quantizers(model, strategy, first_global_batch)"
+                )
 
     # -- rates --------------------------------------------------------------------------
     def _global_counts(self, counts: tf.Tensor) -> tf.Tensor:
@@ -277,6 +299,19 @@ class CDLQuantizer(_Quantizer):
         return bits
 
 
+@contextlib.contextmanager
+def flagged(quantizers: Iterable[CDLQuantizer], flag: str) -> Iterator[None]:
+    """Within the context, the quantizers' ``flag`` (``force_hard`` or ``initializing``) is set."""
+    quantizers = list(quantizers)
+    for q in quantizers:
+        setattr(q, flag, True)
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            setattr(q, flag, False)
+
+
 class CDLWeightQuantizer(CDLQuantizer):
     """Quantizer of a layer's kernel; ``rate_normalizer`` is the model's quantized weight count."""
 
@@ -291,7 +326,8 @@ class CDLActivationQuantizer(CDLQuantizer):
     """Quantizer of a layer's output; ``rate_normalizer`` is activation values per example.
 
     The marginal PMF is that of the global batch: under ``tf.distribute`` the
-    per-replica soft counts are summed across replicas before the entropy.
+    per-replica soft counts are summed across replicas before the entropy, and so are
+    the sums of ``|x|`` that give the initial step.
     """
 
     kind = "activation"
@@ -308,3 +344,13 @@ class CDLActivationQuantizer(CDLQuantizer):
         if ctx is None or ctx.num_replicas_in_sync == 1:
             return counts
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, counts)
+
+    def _mean_abs(self, x: tf.Tensor) -> tf.Tensor:
+        """mean|x| over the global batch (summed across replicas in a replica context)."""
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return super()._mean_abs(x)
+        total, size = ctx.all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.reduce_sum(tf.abs(x)), tf.cast(tf.size(x), x.dtype)]
+        )
+        return total / size

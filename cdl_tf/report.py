@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Dict, Iterator, List, Optional
+import functools
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -93,10 +94,22 @@ def _recording(model) -> Iterator[dict]:
             q.recorder = None
 
 
+@functools.lru_cache(maxsize=None)
+def _soft_counts(lo: int, hi: int, window: Optional[int]) -> Callable:
+    """`ops.index_counts` of flat tensors of any length, traced once per alphabet and window.
+
+    Called eagerly on each tensor, the XLA-compiled quantizer kernel would be traced again for
+    every tensor shape (and warn of frequent retracing).
+    """
+    scalar = tf.TensorSpec([], tf.float32)
+    return tf.function(lambda x, q, alpha: ops.index_counts(x, q, alpha, lo, hi, window),
+                       input_signature=[tf.TensorSpec([None], tf.float32), scalar, scalar])
+
+
 def _entropies(x: tf.Tensor, q, alpha, quantizer) -> tuple:
-    x = tf.cast(x, tf.float32)
+    x = tf.reshape(tf.cast(x, tf.float32), [-1])
     hard = ops.hard_index_counts(x, q, quantizer.lo, quantizer.hi)
-    soft = ops.index_counts(x, q, alpha, quantizer.lo, quantizer.hi, quantizer.window)
+    soft = _soft_counts(quantizer.lo, quantizer.hi, quantizer.window)(x, q, alpha)
     return tuple(float(ops.pmf_entropy_bits(c / tf.reduce_sum(c))) for c in (hard, soft))
 
 

@@ -16,7 +16,8 @@ Training shows and logs metrics on the validation split (`config.validation_size
 images held out, `cdl_tf.data.make_dataset`); the test set is evaluated once, at the end.
 `config.distill.teacher` names a finished run whose model teaches this one (`cdl_tf.distillation`).
 `config.strategy` chooses the `tf.distribute` strategy (`cdl_tf.distribute`); batches
-are global batches, which Keras splits across the replicas.
+are global batches, which Keras splits across the replicas, and the first training step
+initialises the quantizers as on one device.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from cdl_tf.callbacks import EpochLog, RateLogger, RateSchedule, SoftnessSchedul
 from cdl_tf.communication import activation_site, communication_report, write_summaries
 from cdl_tf.config import CDLConfig
 from cdl_tf.distillation import Distiller
-from cdl_tf.distribute import STRATEGIES, initialize_quantizers, make_strategy
+from cdl_tf.distribute import STRATEGIES, make_strategy
 from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import quantize_model, quantize_scope, quantizers
 from cdl_tf.report import rate_report
@@ -271,8 +272,6 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         fitted = _with_teacher(model, config, train)
         fitted.compile(optimizer=_optimizer(config, steps_per_epoch), **_compile_args())
     _check_split_at(model, config)
-    if config.strategy != "default":
-        initialize_quantizers(model, strategy, _first_batch(train, config.batch_size))
     epoch_log = EpochLog(os.path.join(outdir, "epochs.json"))
     callbacks = [
         epoch_log,  # before the backup: see `EpochLog`

@@ -27,8 +27,8 @@ from configs import lenet300_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 
-# One device vs two mirrored logical CPUs on the same global batch (R-CDL, no BatchNorm).
-MIRRORED = r"""
+# Two logical CPUs and a small CDL model (R-CDL, no BatchNorm), for one device vs mirrored replicas.
+PRELUDE = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
@@ -47,7 +47,10 @@ def build():
     x = keras.layers.Dense(16, activation="relu", name="fc")(x)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
     return cdl_tf.quantize_model(model, cdl_tf.CDLConfig(mode="rcdl", lambda_w=0.1, lambda_a=0.1))
+"""
 
+# One device vs two replicas on the same global batch, in a custom loop after `initialize_quantizers`.
+MIRRORED = PRELUDE + r"""
 rng = np.random.RandomState(0)
 x = tf.constant(rng.randn(16, 12, 12, 1).astype("float32"))
 y = tf.constant(rng.randint(0, 10, 16))
@@ -83,6 +86,38 @@ two = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
 print(json.dumps({"one": one, "two": two}))
 """
 
+# TF-MOT's flow, `quantize_model` under the strategy's scope, `compile`, then `fit` or `evaluate` with
+# no other call, on two replicas vs one device without a strategy; and a custom loop's refused step.
+NATURAL = PRELUDE + r"""
+rng = np.random.RandomState(0)
+x = rng.randn(32, 12, 12, 1).astype("float32")
+y = rng.randint(0, 10, 32)
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+def run(strategy, action):
+    with strategy.scope():
+        model = build()
+        model.compile(keras.optimizers.SGD(0.1), loss)
+    if action == "fit":  # two steps of 16: the first initialises the quantizers, the second does not
+        logs = model.fit(x, y, batch_size=16, shuffle=False, verbose=0).history
+    else:
+        logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    return {"weights": [w.astype("float64").ravel().tolist() for w in model.get_weights()], "logs": logs}
+
+out = {action: {"one": run(tf.distribute.get_strategy(), action), "two": run(mirrored, action)}
+       for action in ("fit", "evaluate")}
+with mirrored.scope():
+    model = build()
+batches = iter(mirrored.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(16)))
+try:
+    tf.function(lambda b: mirrored.run(lambda xb: model(xb, training=True), (b,)))(next(batches))
+    out["refused"] = ""
+except RuntimeError as e:
+    out["refused"] = str(e)
+print(json.dumps(out))
+"""
+
 # One worker of a multi-worker run: argv = workdir, JSON config overrides; cluster from TF_CONFIG.
 WORKER = r"""
 import json, sys
@@ -114,6 +149,28 @@ def test_mirrored_replicas_match_one_device():
     assert len(one["rates"]) == 6 and min(one["rates"]) > 0  # 3 weight + 3 activation terms
     for g1, g2 in zip(one["grads"], two["grads"]):
         np.testing.assert_allclose(g2, g1, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def natural():
+    return json.loads(_python(NATURAL).strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("action", ["fit", "evaluate"])
+def test_tfmot_flow_under_a_strategy_scope_matches_one_device(natural, action):
+    """No `initialize_quantizers`: the first step initialises the quantizers from the global batch."""
+    one, two = natural[action]["one"], natural[action]["two"]
+    assert len(one["weights"]) == len(two["weights"]) > 20  # kernels, biases and every quantizer's variables
+    for w1, w2 in zip(one["weights"], two["weights"]):
+        np.testing.assert_allclose(w2, w1, rtol=0, atol=1e-5)
+    flat = lambda logs: np.ravel([logs[k] for k in sorted(logs)])
+    assert sorted(one["logs"]) == sorted(two["logs"])
+    np.testing.assert_allclose(flat(two["logs"]), flat(one["logs"]), rtol=1e-4)
+
+
+def test_a_custom_replica_step_before_initialisation_says_what_to_call(natural):
+    lines = [l for l in natural["refused"].splitlines() if "initialize_quantizers(model, strategy" in l]
+    assert lines and "quant_conv/kernel: quantizer used in a tf.distribute replica step" in lines[0]
 
 
 def _free_ports(n: int) -> list:

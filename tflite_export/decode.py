@@ -11,6 +11,8 @@ import os
 
 from absl import app, flags
 
+from tools import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -59,7 +61,7 @@ def run():
     flags.DEFINE_string("like", None, "Run directory whose config.json gives the architecture.")
     flags.DEFINE_string("out", "", "Output directory (default: decoded/ beside the .cdlz file).")
     flags.mark_flag_as_required("like")
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ requantization rounding differs from the default XNNPACK kernels.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Iterator, Sequence, TypeVar
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
+T = TypeVar("T")
 
 
 def _load_run(workdir: str):
@@ -50,11 +53,38 @@ def calibration_data(config, batches: int = 8) -> list[np.ndarray]:
     return [x.numpy() for x, _ in ds.take(batches)]
 
 
+def _progress(items: Sequence[T], title: str, unit: str, show: bool) -> Iterator[T]:
+    """``items``; when ``show``, under ``title`` and a progress bar that counts the ones consumed."""
+    if not show:
+        yield from items
+        return
+    import tf_keras as keras
+
+    print(title, flush=True)
+    bar = keras.utils.Progbar(len(items), unit_name=unit)
+    for done, item in enumerate(items, 1):
+        yield item
+        bar.update(done)
+
+
+def _predicted_classes(predictors: Dict[str, Callable[[np.ndarray], np.ndarray]], x: np.ndarray,
+                      batch_size: int = 500, progress: bool = False) -> Dict[str, np.ndarray]:
+    """Each predictor's argmax class on ``x``, batch by batch (with one progress bar over all)."""
+    starts = range(0, len(x), batch_size)
+    classes = {name: [] for name in predictors}
+    steps = [(name, start) for name in predictors for start in starts]
+    for name, start in _progress(steps, f"evaluating {', '.join(predictors)} on {len(x)} test images",
+                                 "batch", progress):
+        classes[name].append(predictors[name](x[start : start + batch_size]).argmax(1))
+    return {name: np.concatenate(c) for name, c in classes.items()}
+
+
 def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8,
-                   kernels: Sequence[str] = ()) -> Dict[str, Any]:
+                   kernels: Sequence[str] = (), progress: bool = False) -> Dict[str, Any]:
     """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json``.
 
     ``kernels``: LiteRT kernel sets besides the default on which the int8 model is also evaluated.
+    ``progress``: show progress bars for the calibration and the test-set evaluation.
     """
     from cdl_tf import coding
     from cdl_tf import data as cdl_data
@@ -72,7 +102,9 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     info = cdl_data.dataset_info(config.dataset)
     x_test, y_test = eval_arrays(config)
     graph = InferenceGraph(model)
-    graph.calibrate(calibration_data(config, calibration_batches))
+    batches = calibration_data(config, calibration_batches)
+    graph.calibrate(_progress(batches, f"calibrating activation ranges on {len(batches)} training batches",
+                              "batch", progress))
     int8 = to_tflite(graph, "int8", info.input_shape, int8_io=int8_io)
     float_model = to_tflite(graph, "float", info.input_shape)
     metadata = {"ranges": graph.stored_ranges()}  # the architecture comes from the run's config
@@ -83,19 +115,20 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     atomic_write_bytes(os.path.join(out, "model_float.tflite"), float_model)
     atomic_write_bytes(os.path.join(out, "weights.cdlz"), coded)
 
-    keras_pred = model.predict(x_test, batch_size=500, verbose=0).argmax(1)
-    tflite_pred = TFLiteModel(int8).predict(x_test, batch_size=500).argmax(1)
-    float_pred = TFLiteModel(float_model).predict(x_test, batch_size=500).argmax(1)
+    predictors = {"Keras Q_u": model.predict_on_batch, "TFLite int8": TFLiteModel(int8),
+                  "TFLite float": TFLiteModel(float_model),
+                  **{f"TFLite int8 ({k})": TFLiteModel(int8, kernels=k) for k in kernels}}
+    pred = _predicted_classes(predictors, x_test, progress=progress)
+    keras_pred = pred["Keras Q_u"]
     accuracy = {
         "keras_q_u": float((keras_pred == y_test).mean()),
-        "tflite_int8": float((tflite_pred == y_test).mean()),
-        "top1_agreement": float((keras_pred == tflite_pred).mean()),
-        "tflite_float": float((float_pred == y_test).mean()),
+        "tflite_int8": float((pred["TFLite int8"] == y_test).mean()),
+        "top1_agreement": float((keras_pred == pred["TFLite int8"]).mean()),
+        "tflite_float": float((pred["TFLite float"] == y_test).mean()),
     }
     for k in kernels:
-        pred = TFLiteModel(int8, kernels=k).predict(x_test, batch_size=500).argmax(1)
-        accuracy[f"tflite_int8_{k}"] = float((pred == y_test).mean())
-        accuracy[f"top1_agreement_{k}"] = float((keras_pred == pred).mean())
+        accuracy[f"tflite_int8_{k}"] = float((pred[f"TFLite int8 ({k})"] == y_test).mean())
+        accuracy[f"top1_agreement_{k}"] = float((keras_pred == pred[f"TFLite int8 ({k})"]).mean())
     quantized = [t for t in tensors.values() if isinstance(t, coding.QuantizedTensor)]
     n_weights = sum(t.indices.size for t in quantized)
     float_values = sum(np.asarray(t).size for t in tensors.values() if not isinstance(t, coding.QuantizedTensor))
@@ -139,7 +172,7 @@ def define_flags() -> None:
 def main(argv):
     del argv
     report = export_workdir(FLAGS.workdir, FLAGS.out or os.path.join(FLAGS.workdir, "export"), FLAGS.int8_io,
-                            FLAGS.calibration_batches, FLAGS.kernels)
+                            FLAGS.calibration_batches, FLAGS.kernels, progress=True)
     b, a = report["bytes"], report["accuracy"]
     print(f"float TFLite {b['tflite_float']} B, int8 TFLite {b['tflite_int8']} B, "
           f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
@@ -152,7 +185,7 @@ def main(argv):
 
 def run():
     define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import configs
+from tools import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(configs.__file__), "lenet300_mnist.py"),
@@ -73,7 +74,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Re-evaluate the saved model of a finished run: cdl-evaluate --workdir=/tmp/lenet5"""
 import json
 
-from absl import app, flags
+from absl import flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by cdl-train.")
@@ -18,7 +20,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

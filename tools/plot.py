@@ -2,7 +2,9 @@
 import json
 import os
 
-from absl import app, flags
+from absl import flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", None, "results.json written by cdl-bench.")
@@ -22,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -3,8 +3,10 @@
 cdl-train --config=configs/lenet5_mnist.py --workdir=/tmp/lenet5 --config.mode=rcdl
 cdl-train --config=configs/lenet5_mnist.py:recipe --workdir=/tmp/lenet5_recipe   # `tools/pipeline.py`
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from tools import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -34,7 +36,7 @@ def summary(metrics: dict) -> str:
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":
