@@ -129,15 +129,23 @@ def check_variant(variant: str, variants: tuple) -> None:
 def small_model_recipe(c: ml_collections.ConfigDict, variant: str, *, small: Dict[str, Any],
                        hard: Dict[str, Any], cdl: Dict[str, Any],
                        short: Dict[str, int]) -> ml_collections.ConfigDict:
-    """The config of one run of the three-run recipe behind our smallest models.
+    """The config of one run of the three-run recipe behind our smallest models, or the recipe whole.
 
     `--config=configs/X.py:VARIANT`, run in this order:
       float       the float model the others fine-tune (12 epochs);
       small       `small_weights(**small)` with the `cdl` fields, `--config.init_from=<float run>`;
       small_hard  `hard_phase(**hard)` of it, `--config.init_from=<small run>`.
-    '' is the file's own config.
+    `recipe_full` is the three as one `cdl-train` command (`recipe`); `recipe` the same phases on a
+    budget of minutes (``short``: the epochs of each phase). '' is the file's own config.
     """
     check_variant(variant, RECIPE_VARIANTS)
+    if variant in ("recipe", "recipe_full"):
+        runs = {name: small_model_recipe(c.copy_and_resolve_references(), name, small=small, hard=hard, cdl=cdl,
+                                         short=short) for name in ("float", "small", "small_hard")}
+        if variant == "recipe":
+            for name, epochs in short.items():
+                runs[name].epochs = epochs
+        return recipe(**runs)
     if variant == "float":
         c.mode = "float"
         c.epochs = 12

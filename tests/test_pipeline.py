@@ -20,8 +20,11 @@ def tiny_recipe(data_dir, **phase_overrides):
         phase.train_subset, phase.test_subset, phase.epochs, phase.verbose = 1024, 500, 1, 0
         phase.validation_size, phase.bn_reestimate_steps = 500, 2
     for key, value in phase_overrides.items():
-        name, field = key.split(".", 1)
-        c.phases[name][field] = value
+        name, *path, field = key.split(".")
+        target = c.phases[name]
+        for part in path:
+            target = target[part]
+        target[field] = value
     return c
 
 

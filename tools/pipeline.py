@@ -67,7 +67,7 @@ def validate_recipe(config) -> None:
             raise RecipeError(f"config.phases.{name}: {e}") from e
 
 
-def run_recipe(config, workdir: str, log=print) -> Dict[str, Any]:
+def run_recipe(config, workdir: str, log=lambda line: print(line, flush=True)) -> Dict[str, Any]:
     """Run (or continue) the recipe ``config`` in ``workdir``; returns the summary."""
     from cdl_tf.io import atomic_write_json
     from cdl_tf.training import train_and_evaluate
