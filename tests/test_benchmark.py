@@ -22,6 +22,7 @@ def tiny_config():
     c = lenet300_mnist.get_config()
     c.data_dir = ""  # $CDL_DATA_DIR
     c.train_subset, c.test_subset, c.epochs, c.verbose = 1024, 500, 1, 0
+    c.validation_size = 500
     c.bn_reestimate_steps, c.rate_warmup_epochs = 2, 0
     return c
 

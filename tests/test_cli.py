@@ -31,7 +31,7 @@ def trained(tmp_path_factory, data_dir):
     with TensorFlow's warnings shown."""
     workdir = tmp_path_factory.mktemp("lenet5")
     done = _cli("tools.train", "--config=configs/lenet5_mnist.py", f"--workdir={workdir}",
-                "--config.train_subset=1000", "--config.test_subset=500", "--config.epochs=2",
+                "--config.train_subset=1000", "--config.test_subset=500", "--config.validation_size=500", "--config.epochs=2",
                 "--config.verbose=0", "--verbosity=-1", data_dir=data_dir)
     return workdir, done
 

@@ -185,7 +185,7 @@ def _free_ports(n: int) -> list:
 
 def _start_workers(workdir, data_dir, **overrides) -> list:
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    config = {"strategy": "multiworker", "data_dir": str(data_dir), "train_subset": 256, "test_subset": 128,
+    config = {"strategy": "multiworker", "data_dir": str(data_dir), "train_subset": 256, "test_subset": 128, "validation_size": 256,
               "batch_size": 64, "bn_reestimate_steps": 0, "verbose": 0, "split_at": "fc2", **overrides}
     procs = []
     for index in range(2):
@@ -296,6 +296,7 @@ def _small(data_dir, **overrides):
     c = lenet300_mnist.get_config()
     c.data_dir = str(data_dir)
     c.train_subset, c.test_subset, c.epochs, c.batch_size, c.verbose = 256, 200, 1, 64, 0
+    c.validation_size = 256
     c.mode, c.bn_reestimate_steps = "rcdl", 0
     for key, value in overrides.items():
         c[key] = value

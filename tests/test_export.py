@@ -25,6 +25,7 @@ def exported(tmp_path_factory, data_dir):
     c = lenet5_mnist.get_config()
     c.data_dir = str(data_dir)
     c.train_subset, c.test_subset, c.epochs, c.verbose = 3000, 1000, 1, 0
+    c.validation_size = 500
     c.cdl.lambda_w = 0.05
     train_and_evaluate(c, str(workdir))
     report = export_workdir(str(workdir), str(workdir / "export"))

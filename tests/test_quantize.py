@@ -92,7 +92,7 @@ def test_fit_trains_in_each_mode(mode):
     assert 0 < logs["bits_per_weight"][-1] < 8 and 0 < logs["bits_per_activation"][-1] < 8
 
 
-@pytest.mark.parametrize("mode", ["cdl", "rcdl"])
+@pytest.mark.parametrize("mode", ["cdl"])
 def test_activation_count_sample_estimates_the_activation_rate(mode):
     """Activation quantizers estimate their rates from a subset; weights keep exact counts."""
     x, y = random_data()
@@ -100,7 +100,7 @@ def test_activation_count_sample_estimates_the_activation_rate(mode):
     qm = compile_(cdl_tf.quantize_model(small_cnn(), config))
     samples = {q.kind: q.count_sample for _, q, _ in cdl_tf.quantizers(qm)}
     assert samples == {"weight": 0, "activation": 256}
-    hist = qm.fit(x, y, epochs=3, batch_size=32, verbose=0).history
+    hist = qm.fit(x, y, epochs=2, batch_size=32, verbose=0).history
     assert all(np.isfinite(hist["loss"])) and hist["loss"][-1] < hist["loss"][0]
     # The soft rate of a batch from 256 of its values vs from all of them, on the same weights.
     # With ~16 levels, a 256-value plug-in entropy is off by ~0.04 bits (bias) +- ~0.06 (spread):

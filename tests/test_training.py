@@ -197,7 +197,15 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
                                             for v in common.RECIPE_VARIANTS]
                          + [(resnet20_cifar10, v) for v in resnet20_cifar10.VARIANTS])
 def test_every_config_variant_validates(module, variant):
-    validate_config(module.get_config(variant))
+    from tools import pipeline
+
+    config = module.get_config(variant)
+    if pipeline.is_recipe(config):
+        pipeline.validate_recipe(config)
+        assert config.phase_order == ("float", "small", "small_hard")
+        assert [config.phases[n].mode for n in config.phase_order] == ["float", "rcdl", "ste"]
+    else:
+        validate_config(config)
 
 
 def test_config_variants_chain_float_small_hard(tmp_path, data_dir):
@@ -231,7 +239,7 @@ def test_batchnorm_model_trains_and_reestimates(tmp_path, data_dir):
 def test_killed_run_resumes_from_its_backup(tmp_path, data_dir):
     workdir = tmp_path / "run"
     args = [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--config={ROOT}/configs/lenet300_mnist.py",
-            f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.train_subset=2048",
+            f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.train_subset=2048", "--config.validation_size=500",
             "--config.test_subset=256", "--config.epochs=4", "--config.verbose=2"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
