@@ -102,6 +102,15 @@ def _on_tpu() -> bool:
     )
 
 
+def _window_start(theta: tf.Tensor, q: tf.Tensor, lo: int, hi: int, k: int):
+    """``(nearest, first)``: each value's nearest level and the lowest of its ``k`` evaluated levels
+    (the ``k`` around the nearest, shifted inside ``A``; the Python number ``lo`` when ``k = |A|``)."""
+    nearest = tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
+    if k == hi - lo + 1:
+        return nearest, float(lo)
+    return nearest, tf.clip_by_value(nearest - float(k // 2), float(lo), float(hi - k + 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Window:
     """The CPMF of every value on its ``k`` evaluated levels, as ``k`` value-shaped tensors.
@@ -130,9 +139,7 @@ class _Window:
         # Each exponent is computed from theta and the levels, not from the offsets it is
         # weighted with: XLA on CPU stores, rather than fuses, an intermediate that feeds both
         # an exponential and other terms.
-        nearest = tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
-        first = float(lo) if k == hi - lo + 1 else tf.clip_by_value(nearest - float(k // 2), float(lo),
-                                                                       float(hi - k + 1))
+        nearest, first = _window_start(theta, q, lo, hi, k)
         ref = tf.square(theta - nearest * q)
         levels = [first + float(j) for j in range(k)]
         e = [tf.exp(-alpha * (tf.square(theta - level * q) - ref)) for level in levels]
@@ -194,9 +201,8 @@ _MAX_SELECTS = 128
 def _cpmf_rows(theta: tf.Tensor, q: tf.Tensor, alpha: tf.Tensor, lo: int, hi: int, k: int):
     """CPMF rows ``p [M, k]`` of values ``theta [M]`` and the alphabet positions ``[M]`` of their
     windows' first levels, for `_scatter_counts`; the ``[M, k]`` layout is what XLA writes fastest."""
-    nearest = tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
-    first = tf.zeros_like(theta) + float(lo) if k == hi - lo + 1 else tf.clip_by_value(
-        nearest - float(k // 2), float(lo), float(hi - k + 1))
+    nearest, first = _window_start(theta, q, lo, hi, k)
+    first = first + tf.zeros_like(theta)
     levels = first[:, None] + tf.range(k, dtype=theta.dtype)
     ref = tf.square(theta - nearest * q)[:, None]
     e = tf.exp(-alpha * (tf.square(theta[:, None] - levels * q) - ref))

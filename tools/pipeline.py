@@ -106,8 +106,7 @@ def summarize(workdir: str) -> Dict[str, Any]:
     rates, compression ratios and train time.
 
     ``vs_float32`` divides the float model's float32 size by the coded size; ``vs_int8`` the size
-    of the same tensors at one byte per weight and four per other value (what TF-MOT's 8-bit
-    TFLite model stores) by it.
+    of the same tensors at one byte per quantized weight and four per other value by it.
     """
     from cdl_tf.benchmark import float32_bytes
     from cdl_tf.run_config import read_run_config
@@ -118,11 +117,9 @@ def summarize(workdir: str) -> Dict[str, Any]:
     phases = []
     for name, run_dir in zip(config.phase_order, dirs):
         with open(os.path.join(run_dir, "metrics.json")) as f:
-            m = json.load(f)
-        phases.append({"name": name, "mode": config.phases[name].mode, "epochs": m["epochs"],
-                       "train_time_s": m["train_time_s"], "validation_accuracy": m.get("validation_accuracy")})
-    with open(os.path.join(dirs[-1], "metrics.json")) as f:
-        final = json.load(f)
+            final = json.load(f)  # the last phase's is the shipped model's
+        phases.append({"name": name, "mode": config.phases[name].mode, "epochs": final["epochs"],
+                       "train_time_s": final["train_time_s"], "validation_accuracy": final.get("validation_accuracy")})
     with open(os.path.join(workdir, EXPORT_DIR, "export.json")) as f:
         export = json.load(f)
     coded = export["bytes"]["cdlz_ans"]
