@@ -23,16 +23,19 @@ setup(
         "entropy constraints, export to entropy-coded weights and TFLite int8."
     ),
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["cdl_tf", "cdl_tf.*", "tools", "tflite_export", "configs"]),
+    # The absl apps of tools/ install as cdl_tf.tools; configs/ are read by path, not installed.
+    packages=find_packages(include=["cdl_tf", "cdl_tf.*", "tflite_export"]) + ["cdl_tf.tools"],
+    package_dir={"cdl_tf.tools": "tools"},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17"]},
     entry_points={
         "console_scripts": [
-            "cdl-train=tools.train:run",
-            "cdl-evaluate=tools.evaluate:run",
-            "cdl-bench=tools.benchmark:run",
-            "cdl-export=tflite_export.export:run",
-            "cdl-decode=tflite_export.decode:run",
+            "cdl-train=cdl_tf.tools.train:run",
+            "cdl-evaluate=cdl_tf.tools.evaluate:run",
+            "cdl-bench=cdl_tf.tools.benchmark:run",
+            "cdl-export=cdl_tf.tools.export:run",
+            "cdl-decode=cdl_tf.tools.decode:run",
+            "cdl-plot=cdl_tf.tools.plot:run",
         ]
     },
 )

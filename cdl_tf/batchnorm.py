@@ -8,20 +8,20 @@ the training data, computed with all quantizers hard.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from cdl_tf.quantize import quantizers
+from cdl_tf.quantize import model_quantizers
 from cdl_tf.quantizers import flagged
 
 
 @contextlib.contextmanager
 def hard_quantization(model) -> Iterator[None]:
     """Within the context, newly traced training-mode calls quantize with ``Q_u``."""
-    with flagged((q for _, q, _ in quantizers(model)), "force_hard"):
+    with flagged((q for _, q, _ in model_quantizers(model)), "force_hard"):
         yield
 
 
@@ -61,3 +61,16 @@ def reestimate_batchnorm(model, data: Iterable, steps: int = 50) -> int:
             bn.moving_mean.assign(mean / used)
             bn.moving_variance.assign(var / used)
     return used
+
+
+def batchnorm_affine(bn: keras.layers.BatchNormalization) -> Tuple[np.ndarray, np.ndarray]:
+    """Inference map ``y = scale x + shift`` of a BatchNormalization layer, in float64.
+
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale`` (``gamma = 1`` and
+    ``beta = 0`` for layers without them).
+    """
+    mean = bn.moving_mean.numpy().astype(np.float64)
+    gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(mean)
+    beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
+    return scale, beta - mean * scale

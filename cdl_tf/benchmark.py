@@ -255,7 +255,7 @@ def code_tflite(content: bytes, out: str, x_test: np.ndarray, y_test: np.ndarray
     the sizes and TFLite accuracy in the layout of `export_workdir`'s report."""
     from cdl_tf import coding
     from cdl_tf.io import atomic_write_bytes
-    from tflite_export.coded import entropy_bound_bits
+    from cdl_tf.coded_model import entropy_bound_bits
     from tflite_export.convert import TFLiteModel
 
     tensors = tflite_coded_tensors(content)

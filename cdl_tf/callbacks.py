@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from cdl_tf.distillation import Distiller
 from cdl_tf.io import atomic_write_json
-from cdl_tf.quantize import quantizers
+from cdl_tf.quantize import model_quantizers
 from cdl_tf.report import rate_report
 
 
@@ -40,7 +40,7 @@ class RateSchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         m = float(self.multiplier(epoch))
-        for _, quantizer, variables in quantizers(_trained_model(self.model)):
+        for _, quantizer, variables in model_quantizers(_trained_model(self.model)):
             variables["rate_weight"].assign(quantizer.rate_weight * m)
 
 
@@ -64,7 +64,7 @@ class SoftnessSchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         log_kappa = math.log(self.kappa(epoch))
-        for name, quantizer, variables in quantizers(_trained_model(self.model)):
+        for name, quantizer, variables in model_quantizers(_trained_model(self.model)):
             if quantizer.softness_param != "kappa" or quantizer.train_softness:
                 raise ValueError(f"{name}: SoftnessSchedule needs softness_param='kappa' and train_softness=False")
             variables["log_softness"].assign(log_kappa)

@@ -21,21 +21,17 @@ import constriction
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-import tensorflow_model_optimization as tfmot
 
+from cdl_tf.coded_model import coded_tensors, entropy_bound_bits
 from cdl_tf.coding import QuantizedTensor, encode_bytes
+from cdl_tf.layer_registry import inner_layer, output_quantizers
 from cdl_tf.quantizers import CDLActivationQuantizer
-from tflite_export.coded import coded_tensors, entropy_bound_bits
 
 
 def activation_sites(model) -> Dict[str, keras.layers.Layer]:
     """Quantized activation sites of a CDL model: wrapped layer's name -> its wrapper."""
-    return {
-        layer.layer.name: layer
-        for layer in model.layers
-        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2)
-        and any(isinstance(q, CDLActivationQuantizer) for q in getattr(layer, "_output_quantizers", []))
-    }
+    return {inner_layer(layer).name: layer for layer in model.layers
+            if any(isinstance(q, CDLActivationQuantizer) for q, _ in output_quantizers(layer))}
 
 
 def activation_site(model, name: str) -> keras.layers.Layer:
@@ -53,8 +49,8 @@ def site_indices(model, name: str, x: np.ndarray, batch_size: int = 256) -> tupl
     The wrapper outputs ``Q_u(x) = q i``, so ``i = round(output / q)`` exactly.
     """
     wrapper = activation_site(model, name)
-    quantizer = next(q for q in wrapper._output_quantizers if isinstance(q, CDLActivationQuantizer))
-    q = quantizer.step_and_softness(wrapper._output_quantizer_vars)[0]
+    quantizer, variables = next((q, v) for q, v in output_quantizers(wrapper) if isinstance(q, CDLActivationQuantizer))
+    q = quantizer.step_and_softness(variables)[0]
     head = keras.Model(model.inputs, wrapper.output)
     run = tf.function(lambda batch: tf.round(head(batch, training=False) / q), reduce_retracing=True)
     idx = np.concatenate([run(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)])

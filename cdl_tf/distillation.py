@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from cdl_tf.quantize import InitializesQuantizers, quantizers
+from cdl_tf.quantize import InitializesQuantizers, model_quantizers
 
 
 def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float) -> tf.Tensor:
@@ -57,7 +57,7 @@ class Distiller(InitializesQuantizers, keras.Model):
         return self.student(inputs, training=training)
 
     def _quantizers(self):
-        return quantizers(self.student)
+        return model_quantizers(self.student)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -29,7 +29,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cdl_tf.quantize import quantizers
+from cdl_tf.quantize import model_quantizers
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
@@ -65,7 +65,7 @@ def initialize_quantizers(model, strategy: tf.distribute.Strategy, x: np.ndarray
     call does it once, from the whole batch in inference mode. Every worker must pass
     the same ``x``. Quantizers already initialised (restored or loaded) keep their ``q``.
     """
-    if not quantizers(model):
+    if not model_quantizers(model):
         return
     with strategy.scope():
         model(x, training=False)

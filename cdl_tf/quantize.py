@@ -8,7 +8,8 @@ or, selectively,
     annotated = keras.Sequential([cdl_tf.quantize_annotate_layer(Dense(...)), Dense(...)])
     qmodel = cdl_tf.quantize_apply(annotated, config)
 
-Layers are wrapped in TF-MOT's `QuantizeWrapperV2` with a `CDLQuantizeConfig`:
+Layers are wrapped in TF-MOT's `QuantizeWrapperV2` with a `CDLQuantizeConfig`
+(`cdl_tf.quantize_config`, planned by `cdl_tf.quantize_plan` from the rules of `cdl_tf.layer_registry`):
 Conv2D / DepthwiseConv2D / Dense kernels get a `CDLWeightQuantizer`; activation
 sites get a `CDLActivationQuantizer` on the wrapper output. Activation sites are
 ReLU/ReLU6 outputs (unsigned alphabet), whether the ReLU is the layer's own
@@ -20,121 +21,21 @@ training; export folds it into per-channel scales.
 from __future__ import annotations
 
 import contextlib
-import uuid
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
 from tf_keras.src.engine.functional import Functional
 
 from cdl_tf.config import CDLConfig
+from cdl_tf.layer_registry import output_quantizers, relu_output, rule, weight_attribute, weight_quantizers
+from cdl_tf.quantize_config import CDLQuantizeConfig, CDLQuantizeScheme, QuantizeWrapperV2
+from cdl_tf.quantize_plan import QuantizePlanner
 from cdl_tf.quantizers import CDLActivationQuantizer, CDLQuantizer, CDLWeightQuantizer, flagged
 
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
-
 _tfq = tfmot.quantization.keras
-
-WEIGHTED_LAYERS = {
-    keras.layers.Conv2D: "kernel",
-    keras.layers.DepthwiseConv2D: "depthwise_kernel",
-    keras.layers.Dense: "kernel",
-}
-_PASS_THROUGH = (
-    keras.layers.BatchNormalization, keras.layers.MaxPooling2D, keras.layers.Flatten,
-    keras.layers.Dropout, keras.layers.Reshape, keras.layers.ZeroPadding2D,
-    keras.layers.InputLayer,
-)
-_LATER_SITES = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Add)
-_RELU_NAMES = ("relu", "relu6")
-
-
-class CDLQuantizeConfig(_tfq.QuantizeConfig):
-    """Weight quantizers (``{attribute: quantizer}``, e.g. kernel and bias) and/or an output quantizer."""
-
-    def __init__(
-        self,
-        weights: Optional[Dict[str, CDLWeightQuantizer]] = None,
-        output_quantizer: Optional[CDLActivationQuantizer] = None,
-    ):
-        self.weights = dict(weights or {})
-        self.output_quantizer = output_quantizer
-
-    def get_weights_and_quantizers(self, layer):
-        return [(getattr(layer, attr), quantizer) for attr, quantizer in self.weights.items()]
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        for attr, value in zip(self.weights, quantize_weights):
-            setattr(layer, attr, value)
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return [] if self.output_quantizer is None else [self.output_quantizer]
-
-    def get_config(self):
-        ser = keras.utils.serialize_keras_object
-        return {
-            "weights": {attr: ser(q) for attr, q in self.weights.items()},
-            "output_quantizer": None if self.output_quantizer is None else ser(self.output_quantizer),
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        objects = _custom_objects()
-        de = lambda c: None if c is None else keras.utils.deserialize_keras_object(c, custom_objects=objects)
-        return cls({attr: de(q) for attr, q in config["weights"].items()}, de(config["output_quantizer"]))
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other
-
-
-class _IdentityLayout(_tfq.QuantizeLayoutTransform):
-    """CDL trains on the model's own layout; BatchNorm is folded only at export."""
-
-    def apply(self, model, layer_quantize_map):
-        return model, layer_quantize_map
-
-
-class _NoDefaultRegistry(_tfq.QuantizeRegistry):
-    """Every CDL layer carries an explicit `CDLQuantizeConfig`; there are no defaults."""
-
-    def get_quantize_config(self, layer):
-        raise RuntimeError(f"layer {layer.name!r} has no CDLQuantizeConfig")
-
-    def supports(self, layer):
-        return False
-
-
-class CDLQuantizeScheme(_tfq.QuantizeScheme):
-    """`QuantizeScheme` for `tfmot.quantization.keras.quantize_apply`."""
-
-    def get_layout_transformer(self):
-        return _IdentityLayout()
-
-    def get_quantize_registry(self):
-        return _NoDefaultRegistry()
-
-
-class QuantizeWrapperV2(_tfq.QuantizeWrapperV2):
-    """TF-MOT's `QuantizeWrapperV2`, building the wrapped layer before its quantizers.
-
-    A model restored from ``.keras``/``.h5`` config builds its wrappers around unbuilt
-    layers; building the layer first gives its weights the order they were saved in.
-    It keeps TF-MOT's class name, under which the wrappers were saved.
-    """
-
-    def build(self, input_shape):
-        if not self.layer.built:
-            self.layer.build(input_shape)
-        super().build(input_shape)
 
 
 class _FirstStepInitializes:
@@ -190,7 +91,7 @@ class InitializesQuantizers:
         return getattr(self, attr)
 
     def _quantizers(self) -> List[Tuple[str, CDLQuantizer, dict]]:
-        return quantizers(self)
+        return model_quantizers(self)
 
 
 class QuantizedModel(InitializesQuantizers, Functional):
@@ -223,6 +124,12 @@ quantize_annotate_layer = _tfq.quantize_annotate_layer
 
 
 # -- model checks ----------------------------------------------------------------------
+def _unsupported(layer) -> bool:
+    """A layer with weights that CDL neither quantizes nor trains as float."""
+    found = rule(layer)
+    return bool(layer.weights) and not (found.weight or found.float_weights or relu_output(layer) is not None)
+
+
 def _check_model(model) -> None:
     if not isinstance(model, keras.Model):
         module = type(model).__module__
@@ -242,163 +149,6 @@ def _check_model(model) -> None:
         raise ValueError("the model is not built; give it an input shape or call model.build(...)")
 
 
-# -- planning ----------------------------------------------------------------------------
-def _inner(layer):
-    return layer.layer if isinstance(layer, QuantizeAnnotate) else layer
-
-
-def _activation_name(layer) -> Optional[str]:
-    act = getattr(layer, "activation", None)
-    return None if act is None else getattr(act, "__name__", str(act))
-
-
-def _is_relu_layer(layer) -> Tuple[bool, bool]:
-    """``(is a ReLU-type layer, output is non-negative)``."""
-    if isinstance(layer, keras.layers.ReLU):
-        return True, not layer.negative_slope
-    if isinstance(layer, keras.layers.Activation):
-        return _activation_name(layer) in _RELU_NAMES, True
-    return False, False
-
-
-def _inbound(model) -> Dict[str, List[str]]:
-    """Names of the layers feeding each layer of ``model`` (from its own config)."""
-    if isinstance(model, keras.Sequential):
-        names = [l.name for l in model.layers]
-        return {n: names[i - 1 : i] for i, n in enumerate(names)}
-    inbound = {}
-    for entry in model.get_config()["layers"]:
-        inbound[entry["name"]] = [
-            ref[0] for node in entry["inbound_nodes"] for ref in (node if isinstance(node, list) else [])
-        ]
-    return inbound
-
-
-def _weight_attr(layer) -> Optional[str]:
-    for cls, attr in WEIGHTED_LAYERS.items():
-        if type(layer) is cls:
-            return attr
-    return None
-
-
-def _unsupported(layer) -> bool:
-    return _weight_attr(layer) is None and not _is_relu_layer(layer)[0] and bool(layer.weights) and not isinstance(
-        layer, _PASS_THROUGH
-    )
-
-
-class _Planner:
-    """Chooses bits, alphabets and rate normalisers for the layers of one model."""
-
-    def __init__(self, model, config: CDLConfig, selected: List):
-        self.config = config
-        self.selected = {id(_inner(l)) for l in selected}
-        weighted = [_inner(l) for l in model.layers if id(_inner(l)) in self.selected and _weight_attr(_inner(l))]
-        if not weighted and not config.quantize_activations:
-            raise ValueError("nothing to quantize: no Conv2D/DepthwiseConv2D/Dense layer selected")
-        self.first = weighted[0].name if weighted else None
-        self.last = weighted[-1].name if weighted else None
-        self.output_names = {_inner(l).name for l in model.layers if l.name in set(model.output_names)}
-        self.by_name = {l.name: l for l in model.layers}
-        self.inbound = _inbound(model)
-        self.outbound = {n: [] for n in self.inbound}
-        for name, sources in self.inbound.items():
-            for source in sources:
-                self.outbound.setdefault(source, []).append(name)
-        self.group = f"cdl-{uuid.uuid4().hex[:12]}"
-        self.plans = {}
-        for outer in model.layers:
-            if id(_inner(outer)) in self.selected:
-                self.plans[_inner(outer).name] = self._plan(outer)
-        self.n_weights = sum(p["n_weights"] for p in self.plans.values())
-        self.n_acts = sum(p["n_acts"] for p in self.plans.values())
-
-    def bits(self, layer) -> Tuple[int, int]:
-        c = self.config
-        if layer.name in c.layer_bits:
-            return c.layer_bits[layer.name]
-        if layer.name == self.first and c.first_layer_bits is not None:
-            return c.first_layer_bits, c.first_layer_bits
-        if layer.name == self.last and c.last_layer_bits is not None:
-            return c.last_layer_bits, c.last_layer_bits
-        return c.weight_bits, c.activation_bits
-
-    def _site(self, outer) -> Optional[bool]:
-        """Whether the layer's output is an activation site, and if so whether it is unsigned."""
-        layer = _inner(outer)
-        is_relu, unsigned = _is_relu_layer(layer)
-        if is_relu:
-            return unsigned
-        act = _activation_name(layer)
-        if act in _RELU_NAMES:
-            return True
-        if act not in (None, "linear"):
-            return None
-        consumers = [_inner(self.by_name[n]) for n in self.outbound.get(outer.name, [])]
-        if consumers and layer.name not in self.output_names and all(
-            isinstance(c, _LATER_SITES) or _is_relu_layer(c)[0] for c in consumers
-        ):
-            return None
-        return False
-
-    def _activation_bits(self, outer) -> int:
-        """Activation bits of the nearest weighted layer upstream on a single-input path."""
-        source = outer
-        while source is not None and not _weight_attr(_inner(source)):
-            sources = self.inbound.get(source.name, [])
-            source = self.by_name.get(sources[0]) if len(sources) == 1 else None
-        if source is None or id(_inner(source)) not in self.selected:
-            return self.config.activation_bits
-        return self.bits(_inner(source))[1]
-
-    def _plan(self, outer) -> dict:
-        c = self.config
-        layer = _inner(outer)
-        attr = _weight_attr(layer)
-        plan = {"weight_attrs": [], "weight_bits": None, "n_weights": 0, "site": None, "n_acts": 0}
-        if attr:
-            plan["weight_attrs"] = [attr] + (["bias"] if c.quantize_biases and layer.use_bias else [])
-            plan["weight_bits"] = self.bits(layer)[0]
-            plan["n_weights"] = sum(int(getattr(layer, a).shape.num_elements()) for a in plan["weight_attrs"])
-        if c.quantize_activations:
-            plan["site"] = self._site(outer)
-            if plan["site"] is not None:
-                plan["act_bits"] = self._activation_bits(outer)
-                plan["n_acts"] = CDLActivationQuantizer._value_count(outer.output_shape)
-        return plan
-
-    def _quantizer_args(self) -> dict:
-        c = self.config
-        return dict(
-            mode=c.mode, init_kappa=c.init_kappa, softness_param=c.softness_param,
-            train_softness=c.train_softness, train_step=c.train_step,
-            step_grad_scale=c.step_grad_scale, seed=c.seed, group=self.group,
-        )
-
-    def quantize_config(self, layer) -> Optional[CDLQuantizeConfig]:
-        plan = self.plans[layer.name]
-        c = self.config
-        weights, oq = {}, None
-        for attr in plan["weight_attrs"]:
-            bits = c.bias_bits if attr == "bias" else plan["weight_bits"]
-            lo, hi = c.weight_range(bits)
-            weights[attr] = CDLWeightQuantizer(
-                bits, lo, hi, window=c.weight_window, init_step_scale=c.weight_init_step_scale,
-                rate_weight=c.lambda_w,
-                rate_normalizer=self.n_weights, **self._quantizer_args(),
-            )
-        if plan["site"] is not None:
-            lo, hi = c.activation_range(plan["act_bits"], unsigned=plan["site"])
-            oq = CDLActivationQuantizer(
-                plan["act_bits"], lo, hi, window=c.activation_window, rate_weight=c.lambda_a,
-                count_sample=c.activation_count_sample, rate_normalizer=max(self.n_acts, 1),
-                **self._quantizer_args(),
-            )
-        if not weights and oq is None:
-            return None
-        return CDLQuantizeConfig(weights, oq)
-
-
 # -- public API --------------------------------------------------------------------------
 def quantize_apply(model, config: CDLConfig = CDLConfig()) -> keras.Model:
     """Quantize the layers of ``model`` annotated with `quantize_annotate_layer`.
@@ -413,7 +163,7 @@ def quantize_apply(model, config: CDLConfig = CDLConfig()) -> keras.Model:
     annotated = [l for l in model.layers if isinstance(l, QuantizeAnnotate) and l.quantize_config is None]
     if not any(isinstance(l, QuantizeAnnotate) for l in model.layers):
         raise ValueError("no layer is annotated; use cdl_tf.quantize_model or quantize_annotate_layer")
-    planner = _Planner(model, config, annotated)
+    planner = QuantizePlanner(model, config, annotated)
 
     def annotate(layer):
         if not isinstance(layer, QuantizeAnnotate) or layer.quantize_config is not None:
@@ -458,7 +208,7 @@ def quantize_model(model, config: CDLConfig = CDLConfig()) -> keras.Model:
             )
 
     def annotate(layer):
-        supported = _weight_attr(layer) or _is_relu_layer(layer)[0]
+        supported = weight_attribute(layer) or relu_output(layer) is not None
         if supported and layer.name not in config.skip_layers:
             return QuantizeAnnotate(layer)
         return layer
@@ -467,16 +217,14 @@ def quantize_model(model, config: CDLConfig = CDLConfig()) -> keras.Model:
     return quantize_apply(annotated, config)
 
 
-def quantizers(model) -> List[Tuple[str, CDLQuantizer, dict]]:
+def model_quantizers(model) -> List[Tuple[str, CDLQuantizer, dict]]:
     """``(tensor name, quantizer, its variables)`` for every CDL quantizer of ``model``."""
     found = []
     for layer in model.layers:
-        if not isinstance(layer, _tfq.QuantizeWrapperV2):
-            continue
-        for weight, quantizer, variables in getattr(layer, "_weight_vars", []):
+        for weight, quantizer, variables in weight_quantizers(layer):
             if isinstance(quantizer, CDLQuantizer):
                 found.append((f"{layer.name}/{weight.name.split('/')[-1].split(':')[0]}", quantizer, variables))
-        for quantizer in getattr(layer, "_output_quantizers", []):
+        for quantizer, variables in output_quantizers(layer):
             if isinstance(quantizer, CDLQuantizer):
-                found.append((f"{layer.name}/output", quantizer, layer._output_quantizer_vars))
+                found.append((f"{layer.name}/output", quantizer, variables))
     return found

@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from cdl_tf import ops
-from cdl_tf.quantize import quantizers
+from cdl_tf.layer_registry import quantized_weight
+from cdl_tf.quantize import model_quantizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ class RateReport:
 
 @contextlib.contextmanager
 def _recording(model) -> Iterator[dict]:
-    found = {name: q for name, q, _ in quantizers(model) if q.kind == "activation"}
+    found = {name: q for name, q, _ in model_quantizers(model) if q.kind == "activation"}
     for q in found.values():
         q.recorder = []
     try:
@@ -122,12 +123,10 @@ def rate_report(model, x=None, batch_size: int = 256) -> RateReport:
                 model(x[start : start + batch_size], training=False)
             inputs = {name: q.recorder for name, q in found.items()}
     rows = []
-    for name, quantizer, variables in quantizers(model):
+    for name, quantizer, variables in model_quantizers(model):
         q, alpha = (float(v) for v in quantizer.step_and_softness(variables))
         if quantizer.kind == "weight":
-            layer_name = name.split("/")[0]
-            wrapper = model.get_layer(layer_name)
-            weight = next(w for w, qz, _ in wrapper._weight_vars if qz is quantizer)
+            weight = quantized_weight(model.get_layer(name.split("/")[0]), quantizer)
             hard, soft = _entropies(weight, q, alpha, quantizer)
         elif name in inputs and inputs[name]:
             hard, soft = _entropies(tf.concat([tf.reshape(t, [-1]) for t in inputs[name]], 0), q, alpha, quantizer)
@@ -144,11 +143,10 @@ def rate_report(model, x=None, batch_size: int = 256) -> RateReport:
 def hard_indices(model) -> Dict[str, np.ndarray]:
     """Integer indices ``clip(round(w / q))`` of every quantized weight tensor."""
     out = {}
-    for name, quantizer, variables in quantizers(model):
+    for name, quantizer, variables in model_quantizers(model):
         if quantizer.kind != "weight":
             continue
         q = float(quantizer.step_and_softness(variables)[0])
-        wrapper = model.get_layer(name.split("/")[0])
-        weight = next(w for w, qz, _ in wrapper._weight_vars if qz is quantizer)
+        weight = quantized_weight(model.get_layer(name.split("/")[0]), quantizer)
         out[name] = np.clip(np.round(weight.numpy() / q), quantizer.lo, quantizer.hi).astype(np.int32)
     return out

@@ -41,7 +41,7 @@ from cdl_tf.config import CDLConfig
 from cdl_tf.distillation import Distiller
 from cdl_tf.distribute import STRATEGIES, make_strategy
 from cdl_tf.io import atomic_write_json
-from cdl_tf.quantize import quantize_model, quantize_scope, quantizers
+from cdl_tf.quantize import model_quantizers, quantize_model, quantize_scope
 from cdl_tf.report import rate_report
 from cdl_tf.run_config import read_run_config
 
@@ -150,7 +150,7 @@ def build_model(config, cdl_config: CDLConfig) -> keras.Model:
     if config.init_from:
         with quantize_scope():
             source = keras.models.load_model(os.path.join(config.init_from, "model.keras"), compile=False)
-        if not quantizers(source):
+        if not model_quantizers(source):
             if len(source.get_weights()) != len(model.get_weights()):
                 raise ConfigError(f"config.init_from: {config.init_from!r} is not a float or CDL {config.model} run")
             model.set_weights(source.get_weights())
@@ -175,15 +175,15 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
         raise ConfigError(f"config.init_from: {path!r} is a CDL run with another quantization plan (layers, "
                           "quantized biases or activations) than this config")
     # A larger alphabet keeps every point i q of the run's; a smaller one would clip its indices.
-    alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(source)}
-    changed = [f"{name} [{alphabets.get(name)} -> {(q.lo, q.hi)}]" for name, q, _ in quantizers(qmodel)
+    alphabets = {name: (q.lo, q.hi) for name, q, _ in model_quantizers(source)}
+    changed = [f"{name} [{alphabets.get(name)} -> {(q.lo, q.hi)}]" for name, q, _ in model_quantizers(qmodel)
                if name not in alphabets or not q.lo <= alphabets[name][0] <= alphabets[name][1] <= q.hi]
     if changed:
         raise ConfigError(f"config.init_from: {path!r} is a CDL run with alphabets (bits) that this config's do not "
                           f"contain: {', '.join(changed)}; continue with as many bits or more, or start from a "
                           "float run")
     qmodel.set_weights(source.get_weights())
-    for _, quantizer, variables in quantizers(qmodel):
+    for _, quantizer, variables in model_quantizers(qmodel):
         variables["rate_weight"].assign(quantizer.rate_weight)
         log_softness = np.log(cdl_config.init_kappa)
         if cdl_config.softness_param == "alpha":  # alpha = kappa / q^2

@@ -30,7 +30,7 @@ def trained(tmp_path_factory, data_dir):
     """``cdl-train`` of a small LeNet-5 CDL run (two epochs, so two rate reports and the final one),
     with TensorFlow's warnings shown."""
     workdir = tmp_path_factory.mktemp("lenet5")
-    done = _cli("tools.train", "--config=configs/lenet5_mnist.py", f"--workdir={workdir}",
+    done = _cli("cdl_tf.tools.train", "--config=configs/lenet5_mnist.py", f"--workdir={workdir}",
                 "--config.train_subset=1000", "--config.test_subset=500", "--config.validation_size=500", "--config.epochs=2",
                 "--config.verbose=0", "--verbosity=-1", data_dir=data_dir)
     return workdir, done
@@ -45,7 +45,7 @@ def test_training_with_warnings_shown_has_no_retracing(trained):
 
 def test_export_is_quiet_by_default_and_shows_progress(trained, data_dir):
     workdir, _ = trained
-    done = _cli("tflite_export.export", f"--workdir={workdir}", data_dir=data_dir)
+    done = _cli("cdl_tf.tools.export", f"--workdir={workdir}", data_dir=data_dir)
     noise = [line for line in done.stderr.splitlines() if line.strip() and line != LITERT_DELEGATE]
     assert noise == []
     out = done.stdout.replace("\b", "").replace("\r", "\n")
@@ -56,7 +56,7 @@ def test_export_is_quiet_by_default_and_shows_progress(trained, data_dir):
 
 def test_export_with_verbosity_logs_tensorflow_and_does_not_retrace(trained, data_dir):
     workdir, _ = trained
-    done = _cli("tflite_export.export", f"--workdir={workdir}", f"--out={workdir}/export_v", "--verbosity=0",
+    done = _cli("cdl_tf.tools.export", f"--workdir={workdir}", f"--out={workdir}/export_v", "--verbosity=0",
                 data_dir=data_dir)
     lines = done.stderr.splitlines()
     assert ABSL_START in lines and sum(bool(LOG_LINE.match(line)) for line in lines) >= 3

@@ -11,7 +11,7 @@ import cdl_tf
 from cdl_tf import coding
 from cdl_tf.training import train_and_evaluate
 from configs import lenet5_mnist
-from tflite_export.coded import apply_coded, coded_tensors
+from cdl_tf.coded_model import apply_coded, coded_tensors
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
 from tflite_export.export import eval_arrays, export_workdir

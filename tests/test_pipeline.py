@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import lenet300_mnist
-from tools import pipeline
+from cdl_tf.tools import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -44,7 +44,7 @@ def compile_(model):
 
 def test_plan_of_sites_bits_and_alphabets():
     qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig())
-    plan = {name: (q.kind, q.bits, q.lo, q.hi) for name, q, _ in cdl_tf.quantizers(qm)}
+    plan = {name: (q.kind, q.bits, q.lo, q.hi) for name, q, _ in cdl_tf.model_quantizers(qm)}
     assert plan == {
         "quant_conv1/kernel": ("weight", 8, -127, 127),  # first layer at 8 bits
         "quant_relu1/output": ("activation", 8, 0, 255),  # ...and its ReLU, past the BatchNorm
@@ -68,7 +68,7 @@ def test_config_overrides_and_skips():
         layer_bits={"conv2": (5, 3)}, skip_layers=("fc",), weight_alphabet="full",
     )
     qm = cdl_tf.quantize_model(small_cnn(), cfg)
-    plan = {name: (q.bits, q.lo, q.hi) for name, q, _ in cdl_tf.quantizers(qm)}
+    plan = {name: (q.bits, q.lo, q.hi) for name, q, _ in cdl_tf.model_quantizers(qm)}
     assert plan["quant_conv1/kernel"] == (3, -4, 3)
     assert plan["quant_conv2/kernel"] == (5, -16, 15)
     assert plan["quant_conv2/output"] == (3, 0, 7)
@@ -98,7 +98,7 @@ def test_activation_count_sample_estimates_the_activation_rate(mode):
     x, y = random_data()
     config = cdl_tf.CDLConfig(mode=mode, lambda_w=0.01, lambda_a=0.01, activation_count_sample=256)
     qm = compile_(cdl_tf.quantize_model(small_cnn(), config))
-    samples = {q.kind: q.count_sample for _, q, _ in cdl_tf.quantizers(qm)}
+    samples = {q.kind: q.count_sample for _, q, _ in cdl_tf.model_quantizers(qm)}
     assert samples == {"weight": 0, "activation": 256}
     hist = qm.fit(x, y, epochs=2, batch_size=32, verbose=0).history
     assert all(np.isfinite(hist["loss"])) and hist["loss"][-1] < hist["loss"][0]
@@ -116,7 +116,7 @@ def test_cdl_forward_tensors_lie_on_their_grids():
     x, _ = random_data(64)
     qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode="cdl"))
     qm(x[:8], training=True)  # initialise steps
-    for name, quantizer, variables in cdl_tf.quantizers(qm):
+    for name, quantizer, variables in cdl_tf.model_quantizers(qm):
         q = float(quantizer.step_and_softness(variables)[0])
         if quantizer.kind == "weight":
             wrapper = qm.get_layer(name.split("/")[0])
@@ -196,8 +196,8 @@ def test_save_and_load_predicts_identically(tmp_path, fmt):
         loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qm.predict(x, verbose=0))
     if fmt != "savedmodel":
-        got = {n: (q.bits, q.lo, q.hi, q.mode) for n, q, _ in cdl_tf.quantizers(loaded)}
-        want = {n: (q.bits, q.lo, q.hi, q.mode) for n, q, _ in cdl_tf.quantizers(qm)}
+        got = {n: (q.bits, q.lo, q.hi, q.mode) for n, q, _ in cdl_tf.model_quantizers(loaded)}
+        want = {n: (q.bits, q.lo, q.hi, q.mode) for n, q, _ in cdl_tf.model_quantizers(qm)}
         assert got == want
 
 
@@ -211,7 +211,7 @@ def test_reestimate_batchnorm_sets_statistics_of_hard_model():
     probe = keras.Model(qm.inputs, qm.get_layer("quant_conv1").output)
     means = [probe(x[i : i + 32], training=False).numpy().mean(axis=(0, 1, 2)) for i in range(0, 96, 32)]
     np.testing.assert_allclose(qm.get_layer("bn1").moving_mean.numpy(), np.mean(means, 0), rtol=1e-4, atol=1e-5)
-    assert not any(q.force_hard for _, q, _ in cdl_tf.quantizers(qm))
+    assert not any(q.force_hard for _, q, _ in cdl_tf.model_quantizers(qm))
 
 
 def test_rate_schedule_warms_up_lambdas():
@@ -221,7 +221,7 @@ def test_rate_schedule_warms_up_lambdas():
 
     class Probe(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            _, q, v = cdl_tf.quantizers(self.model)[0]
+            _, q, v = cdl_tf.model_quantizers(self.model)[0]
             seen.append(float(v["rate_weight"]) / q.rate_weight)
 
     qm.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[cdl_tf.RateSchedule.warmup(2), Probe()])
@@ -233,7 +233,7 @@ def test_selective_annotation_with_quantize_apply():
     x = cdl_tf.quantize_annotate_layer(keras.layers.Dense(8, activation="relu", name="a"))(inp)
     out = keras.layers.Dense(3, name="b")(x)
     qm = cdl_tf.quantize_apply(keras.Model(inp, out), cdl_tf.CDLConfig())
-    names = [n for n, _, _ in cdl_tf.quantizers(qm)]
+    names = [n for n, _, _ in cdl_tf.model_quantizers(qm)]
     assert names == ["quant_a/kernel", "quant_a/output"]
     assert isinstance(qm.get_layer("b"), keras.layers.Dense)
 
@@ -241,7 +241,7 @@ def test_selective_annotation_with_quantize_apply():
 def test_sequential_model_is_accepted():
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(2)])
     qm = cdl_tf.quantize_model(model, cdl_tf.CDLConfig())
-    assert len(cdl_tf.quantizers(qm)) == 4
+    assert len(cdl_tf.model_quantizers(qm)) == 4
 
 
 def test_keras3_model_gets_a_clear_error():
@@ -303,14 +303,14 @@ def test_weight_init_step_scale_multiplies_the_weights_initial_step_only():
     for scale in (1.0, 3.0):
         qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(weight_init_step_scale=scale))
         qm(x, training=False)
-        steps.append({name: float(q.step_and_softness(v)[0]) for name, q, v in cdl_tf.quantizers(qm)})
-    kinds = {name: quantizer.kind for name, quantizer, _ in cdl_tf.quantizers(qm)}
+        steps.append({name: float(q.step_and_softness(v)[0]) for name, q, v in cdl_tf.model_quantizers(qm)})
+    kinds = {name: quantizer.kind for name, quantizer, _ in cdl_tf.model_quantizers(qm)}
     assert sorted(set(kinds.values())) == ["activation", "weight"]
     for name, kind in kinds.items():
         if kind == "weight":
             assert steps[1][name] == pytest.approx(3.0 * steps[0][name], rel=1e-5), name
     # Activation steps are LSQ's on their (here differently quantized) inputs: scale 1.
-    assert {q.init_step_scale for _, q, _ in cdl_tf.quantizers(qm) if q.kind == "activation"} == {1.0}
+    assert {q.init_step_scale for _, q, _ in cdl_tf.model_quantizers(qm) if q.kind == "activation"} == {1.0}
 
 
 def test_config_from_dict_rejects_unknown_fields():
@@ -328,13 +328,13 @@ def test_biases_can_be_quantized_and_rate_constrained():
     x, y = random_data(96)
     cfg = cdl_tf.CDLConfig(quantize_biases=True, bias_bits=6, lambda_w=0.01)
     qm = compile_(cdl_tf.quantize_model(small_cnn(), cfg))
-    plan = {name: (q.bits, q.rate_normalizer) for name, q, _ in cdl_tf.quantizers(qm) if q.kind == "weight"}
+    plan = {name: (q.bits, q.rate_normalizer) for name, q, _ in cdl_tf.model_quantizers(qm) if q.kind == "weight"}
     assert plan["quant_conv2/bias"][0] == 6 and plan["quant_logits/bias"][0] == 6
     assert "quant_conv1/bias" not in plan  # conv1 has no bias
     n_weights = sum(v.shape.num_elements() for l in qm.layers for v, _, _ in getattr(l, "_weight_vars", []))
     assert {n for _, n in plan.values()} == {n_weights}
     qm.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    for name, quantizer, variables in cdl_tf.quantizers(qm):
+    for name, quantizer, variables in cdl_tf.model_quantizers(qm):
         if name.endswith("/bias"):
             wrapper = qm.get_layer(name.split("/")[0])
             bias = next(w for w, qz, _ in wrapper._weight_vars if qz is quantizer)
@@ -351,7 +351,7 @@ def test_softness_schedule_anneals_kappa_geometrically():
 
     class Probe(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            seen.append([float(tf.exp(v["log_softness"])) for _, _, v in cdl_tf.quantizers(self.model)])
+            seen.append([float(tf.exp(v["log_softness"])) for _, _, v in cdl_tf.model_quantizers(self.model)])
 
     schedule = cdl_tf.SoftnessSchedule(2.0, 32.0, epochs=3)
     qm.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[schedule, Probe()])

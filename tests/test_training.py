@@ -13,7 +13,7 @@ import pytest
 import cdl_tf
 from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, train_and_evaluate, validate_config
 from configs import common, lenet300_mnist, lenet5_mnist, resnet20_cifar10
-from tools.train import summary
+from cdl_tf.tools.train import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +141,7 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
     import numpy as np
     import tf_keras as keras
 
-    from cdl_tf.quantize import quantize_scope, quantizers
+    from cdl_tf.quantize import quantize_scope, model_quantizers
     from cdl_tf.training import build_model
 
     first = small(lenet300_mnist, data_dir, mode="rcdl")
@@ -149,14 +149,14 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
     train_and_evaluate(first, str(tmp_path / "rcdl"))
     with quantize_scope():
         source = keras.models.load_model(str(tmp_path / "rcdl" / "model.keras"), compile=False)
-    steps = {name: float(v["log_q"].numpy()) for name, _, v in quantizers(source)}
+    steps = {name: float(v["log_q"].numpy()) for name, _, v in model_quantizers(source)}
 
     second = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
     second.cdl.lambda_w, second.cdl.init_kappa = 0.2, 8.0
     model = build_model(second, validate_config(second))
     for w, v in zip(source.get_weights()[:2], model.get_weights()[:2]):
         np.testing.assert_array_equal(w, v)
-    for name, quantizer, v in quantizers(model):
+    for name, quantizer, v in model_quantizers(model):
         assert float(v["log_q"].numpy()) == steps[name], name  # steps carry over
         assert float(np.exp(v["log_softness"].numpy())) == pytest.approx(8.0), name  # softness is the new config's
         expected = 0.2 if quantizer.kind == "weight" else second.cdl.lambda_a
@@ -177,16 +177,16 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
     more_bits = small(lenet300_mnist, data_dir, mode="ste", init_from=str(tmp_path / "rcdl"))
     more_bits.cdl.weight_bits, more_bits.cdl.activation_bits = 5, 5
     wider = build_model(more_bits, validate_config(more_bits))
-    alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(wider)}
+    alphabets = {name: (q.lo, q.hi) for name, q, _ in model_quantizers(wider)}
     assert alphabets["quant_fc2/kernel"] == (-15, 15)
     assert any(hi == 31 for lo, hi in alphabets.values())  # a 5-bit activation site
-    old_alphabets = {name: (q.lo, q.hi) for name, q, _ in quantizers(source)}
+    old_alphabets = {name: (q.lo, q.hi) for name, q, _ in model_quantizers(source)}
     old_indices, new_indices = cdl_tf.hard_indices(source), cdl_tf.hard_indices(wider)
     for name, old in old_indices.items():
         inner = (old > old_alphabets[name][0]) & (old < old_alphabets[name][1])
         assert inner.mean() > 0.5, name
         np.testing.assert_array_equal(new_indices[name][inner], old[inner], err_msg=name)
-    for name, _, v in quantizers(wider):
+    for name, _, v in model_quantizers(wider):
         assert float(v["log_q"].numpy()) == steps[name], name
     with pytest.raises(ConfigError, match="needs a CDL mode"):
         float_mode = small(lenet300_mnist, data_dir, mode="float", init_from=str(tmp_path / "rcdl"))
@@ -197,7 +197,7 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
                                             for v in common.RECIPE_VARIANTS]
                          + [(resnet20_cifar10, v) for v in resnet20_cifar10.VARIANTS])
 def test_every_config_variant_validates(module, variant):
-    from tools import pipeline
+    from cdl_tf.tools import pipeline
 
     config = module.get_config(variant)
     if pipeline.is_recipe(config):
@@ -209,7 +209,7 @@ def test_every_config_variant_validates(module, variant):
 
 
 def test_config_variants_chain_float_small_hard(tmp_path, data_dir):
-    from cdl_tf.quantize import quantizers
+    from cdl_tf.quantize import model_quantizers
     from cdl_tf.training import build_model
 
     with pytest.raises(ValueError, match="unknown config variant 'tiny'.*small_hard"):
@@ -224,7 +224,7 @@ def test_config_variants_chain_float_small_hard(tmp_path, data_dir):
         assert ("bits/weight" in line) == (variant != "float")
         previous = str(tmp_path / variant)
     model = build_model(c, validate_config(c))
-    assert {q.kind for _, q, _ in quantizers(model)} == {"weight"}  # activations stay int8, not coded
+    assert {q.kind for _, q, _ in model_quantizers(model)} == {"weight"}  # activations stay int8, not coded
     assert metrics["bits_per_activation"] is None and 0 < metrics["bits_per_weight"] < 4
 
 
@@ -277,11 +277,11 @@ def test_cdl_run_distilled_from_a_float_run(tmp_path, data_dir):
     c.distill.teacher, c.distill.weight = str(tmp_path / "float"), 0.7
     metrics = train_and_evaluate(c, str(tmp_path / "cdl"))
     # The callbacks act on the student: the rate warm-up halved its weight rate terms in epoch 1 of 2.
-    from cdl_tf.quantize import quantizers
+    from cdl_tf.quantize import model_quantizers
     from cdl_tf.training import load_run
 
     _, student = load_run(str(tmp_path / "cdl"))
-    weight_rates = [float(v["rate_weight"].numpy()) for _, q, v in quantizers(student) if q.kind == "weight"]
+    weight_rates = [float(v["rate_weight"].numpy()) for _, q, v in model_quantizers(student) if q.kind == "weight"]
     assert weight_rates and all(r == pytest.approx(0.025) for r in weight_rates)
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and 0 < metrics["bits_per_weight"] <= 8
     assert {"distillation_loss", "bits_per_weight", "val_bits_per_weight"} <= set(metrics["history"])

@@ -6,9 +6,9 @@ import tf_keras as keras
 
 import cdl_tf
 from cdl_tf.coding import QuantizedTensor, encode_bytes
-from tflite_export.coded import apply_coded, coded_tensors
-from tflite_export.unit_order import order_units
-from tflite_export.unread import fill_unread
+from cdl_tf.coded_model import apply_coded, coded_tensors
+from cdl_tf.coded_model import order_units
+from cdl_tf.coded_model import fill_unread
 
 
 def _quantized(model: keras.Model, x: np.ndarray, quantize_biases: bool = True) -> keras.Model:

@@ -1,14 +1,13 @@
 """Export a trained run: int8 TFLite on the CDL grid, float TFLite, entropy-coded weights.
 
-cdl-export --workdir=/tmp/lenet5 [--out=/tmp/lenet5/export --int8_io]
-
-Writes ``model.tflite`` (full integer), ``model_float.tflite``, ``weights.cdlz`` (ANS)
-and ``export.json`` with sizes, bits per weight, accuracy of the Keras ``Q_u`` model
-and of the TFLite model on the test set, and their top-1 agreement; ``tflite_float`` is the
-accuracy of ``model_float.tflite`` (the same weights, activations clipped to their grid
-ranges but not rounded), which tells what the activation grids cost. ``--kernels=builtin,reference``
-also evaluates the int8 model on those LiteRT kernel sets (``tflite_int8_<kernels>``), whose
-requantization rounding differs from the default XNNPACK kernels.
+`export_workdir` (the ``cdl-export`` tool) writes ``model.tflite`` (full integer),
+``model_float.tflite``, ``weights.cdlz`` (ANS) and ``export.json`` with sizes, bits per
+weight, accuracy of the Keras ``Q_u`` model and of the TFLite model on the test set, and
+their top-1 agreement; ``tflite_float`` is the accuracy of ``model_float.tflite`` (the same
+weights, activations clipped to their grid ranges but not rounded), which tells what the
+activation grids cost. ``kernels=("builtin", "reference")`` also evaluates the int8 model on
+those LiteRT kernel sets (``tflite_int8_<kernels>``), whose requantization rounding differs
+from the default XNNPACK kernels.
 """
 from __future__ import annotations
 
@@ -16,17 +15,20 @@ import os
 from typing import Any, Callable, Dict, Iterator, Sequence, TypeVar
 
 import numpy as np
-from absl import flags
+import tf_keras as keras
 
-from tools import cli
+from cdl_tf import coding
+from cdl_tf import data as cdl_data
+from cdl_tf.coded_model import apply_coded, coded_tensors, entropy_bound_bits
+from cdl_tf.io import atomic_write_bytes, atomic_write_json
+from cdl_tf.training import load_run
+from tflite_export.convert import KERNELS, TFLiteModel, to_tflite
+from tflite_export.graph import InferenceGraph
 
-FLAGS = flags.FLAGS
 T = TypeVar("T")
 
 
 def _load_run(workdir: str):
-    from cdl_tf.training import load_run
-
     config, model = load_run(workdir)
     if config.mode not in ("cdl", "rcdl", "ste"):
         raise ValueError(f"run {workdir!r} is a {config.mode} run; only CDL runs export to the CDL grid")
@@ -35,8 +37,6 @@ def _load_run(workdir: str):
 
 def eval_arrays(config) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of the test set a run is evaluated on (``config.test_subset``)."""
-    from cdl_tf import data as cdl_data
-
     ds = cdl_data.make_dataset(config.dataset, "test", 500, data_dir=config.data_dir or None, training=False,
                                subset=config.test_subset or None)
     xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
@@ -46,8 +46,6 @@ def eval_arrays(config) -> tuple[np.ndarray, np.ndarray]:
 def calibration_data(config, batches: int = 8) -> list[np.ndarray]:
     """The first ``batches`` unaugmented training batches (validation images held out), which set
     the int8 activation ranges."""
-    from cdl_tf import data as cdl_data
-
     ds = cdl_data.make_dataset(config.dataset, "train", config.batch_size, data_dir=config.data_dir or None,
                                training=False, seed=config.seed, validation_size=config.validation_size)
     return [x.numpy() for x, _ in ds.take(batches)]
@@ -58,8 +56,6 @@ def _progress(items: Sequence[T], title: str, unit: str, show: bool) -> Iterator
     if not show:
         yield from items
         return
-    import tf_keras as keras
-
     print(title, flush=True)
     bar = keras.utils.Progbar(len(items), unit_name=unit)
     for done, item in enumerate(items, 1):
@@ -86,13 +82,6 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     ``kernels``: LiteRT kernel sets besides the default on which the int8 model is also evaluated.
     ``progress``: show progress bars for the calibration and the test-set evaluation.
     """
-    from cdl_tf import coding
-    from cdl_tf import data as cdl_data
-    from cdl_tf.io import atomic_write_bytes, atomic_write_json
-    from tflite_export.coded import apply_coded, coded_tensors, entropy_bound_bits
-    from tflite_export.convert import KERNELS, TFLiteModel, to_tflite
-    from tflite_export.graph import InferenceGraph
-
     unknown = [k for k in kernels if k not in KERNELS]
     if unknown:
         raise ValueError(f"unknown kernel sets {unknown}; choose from {sorted(KERNELS)}")
@@ -157,36 +146,3 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     }
     atomic_write_json(os.path.join(out, "export.json"), report)
     return report
-
-
-def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Run directory written by cdl-train.")
-    flags.DEFINE_string("out", "", "Output directory (default: WORKDIR/export).")
-    flags.DEFINE_bool("int8_io", False, "int8 input and output tensors instead of float.")
-    flags.DEFINE_integer("calibration_batches", 8, "Training batches used to calibrate ranges.")
-    flags.DEFINE_list("kernels", [], "LiteRT kernel sets (builtin, reference) on which the int8 model is "
-                      "also evaluated, besides the default XNNPACK kernels.")
-    flags.mark_flag_as_required("workdir")
-
-
-def main(argv):
-    del argv
-    report = export_workdir(FLAGS.workdir, FLAGS.out or os.path.join(FLAGS.workdir, "export"), FLAGS.int8_io,
-                            FLAGS.calibration_batches, FLAGS.kernels, progress=True)
-    b, a = report["bytes"], report["accuracy"]
-    print(f"float TFLite {b['tflite_float']} B, int8 TFLite {b['tflite_int8']} B, "
-          f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
-          f"index entropy {b['entropy_bound_quantized']:.0f} B")
-    print(f"accuracy Keras Q_u {a['keras_q_u']:.4f}, TFLite int8 {a['tflite_int8']:.4f}, "
-          f"agreement {a['top1_agreement']:.4f}; unrounded activations (model_float.tflite) {a['tflite_float']:.4f}")
-    for k in FLAGS.kernels:
-        print(f"TFLite int8 on the {k} kernels {a[f'tflite_int8_{k}']:.4f}, agreement {a[f'top1_agreement_{k}']:.4f}")
-
-
-def run():
-    define_flags()
-    cli.run(main)
-
-
-if __name__ == "__main__":
-    run()

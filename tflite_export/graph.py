@@ -26,13 +26,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from cdl_tf.quantize import quantizers
-
-_PASS_THROUGH = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape,
-                 keras.layers.Dropout, keras.layers.ZeroPadding2D)
-_RELU_NAMES = ("relu", "relu6")
-KERNEL_ATTRIBUTE = {keras.layers.Conv2D: "kernel", keras.layers.Dense: "kernel",
-                    keras.layers.DepthwiseConv2D: "depthwise_kernel"}  # the quantized weight of each weighted layer
+from cdl_tf.batchnorm import batchnorm_affine
+from cdl_tf.layer_registry import (activation_name, inner_layer, layer_edges, output_quantizers, quantized_weight,
+                                   relu_output, rule, weight_attribute)
+from cdl_tf.quantize import model_quantizers
 
 
 class ExportError(ValueError):
@@ -51,52 +48,12 @@ class WeightInfo:
     channel_scale: Optional[np.ndarray]  # g_c of a folded BatchNorm, else None
 
 
-def inner_layer(layer):
-    """The Keras layer a CDL wrapper wraps (the layer itself if unwrapped)."""
-    return getattr(layer, "layer", layer)
-
-
 def _activation_fn(name: Optional[str]) -> Callable:
     table = {None: tf.identity, "linear": tf.identity, "relu": tf.nn.relu, "relu6": tf.nn.relu6,
              "softmax": tf.nn.softmax}
     if name not in table:
         raise ExportError(f"activation {name!r} is not supported by the exporter")
     return table[name]
-
-
-def batchnorm_affine(bn: keras.layers.BatchNormalization) -> Tuple[np.ndarray, np.ndarray]:
-    """Inference map ``y = scale x + shift`` of a BatchNormalization layer, in float64.
-
-    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale`` (``gamma = 1`` and
-    ``beta = 0`` for layers without them).
-    """
-    mean = bn.moving_mean.numpy().astype(np.float64)
-    gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(mean)
-    beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
-    scale = gamma / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
-    return scale, beta - mean * scale
-
-
-def activation_name(layer) -> Optional[str]:
-    """Name of the activation function a layer applies (``None`` if it has none)."""
-    act = getattr(layer, "activation", None)
-    return None if act is None else getattr(act, "__name__", None)
-
-
-def layer_edges(model: keras.Model) -> Tuple[List[str], Dict[str, List[str]], Dict[str, List[str]]]:
-    """``(layer names in order, inbound layers, outbound layers)`` of a Functional or Sequential model."""
-    if isinstance(model, keras.Sequential):
-        order = [layer.name for layer in model.layers]
-        inbound = {name: order[i - 1:i] for i, name in enumerate(order)}
-    else:
-        config = model.get_config()
-        order = [entry["name"] for entry in config["layers"]]
-        inbound = {e["name"]: [ref[0] for node in e["inbound_nodes"] for ref in node] for e in config["layers"]}
-    outbound: Dict[str, List[str]] = {n: [] for n in order}
-    for name, sources in inbound.items():
-        for s in sources:
-            outbound[s].append(name)
-    return order, inbound, outbound
 
 
 class InferenceGraph:
@@ -117,7 +74,7 @@ class InferenceGraph:
         self.input_names = list(model.input_names)
         if len(self.output_names) != 1 or len(self.input_names) != 1:
             raise ExportError("export supports models with one input and one output")
-        self._quantizers = {name: (q, v) for name, q, v in quantizers(model)}
+        self._quantizers = {name: (q, v) for name, q, v in model_quantizers(model)}
         self.weights: Dict[str, WeightInfo] = {}
         self.biases: Dict[str, np.ndarray] = {}
         self.folded: Dict[str, str] = {}  # BN layer -> weighted layer it is folded into
@@ -139,9 +96,9 @@ class InferenceGraph:
             src = self.inbound[name]
             if len(src) != 1 or self.outbound[src[0]] != [name]:
                 continue
-            inner = inner_layer(self.layer(src[0]))
-            if type(inner) is keras.layers.Conv2D and activation_name(inner) in (None, "linear"):
-                if getattr(self.layer(src[0]), "_output_quantizers", None):
+            source = self.layer(src[0])
+            if rule(source).folds_batchnorm and activation_name(source) in (None, "linear"):
+                if output_quantizers(source):
                     continue
                 self.folded[name] = src[0]
 
@@ -154,7 +111,7 @@ class InferenceGraph:
     def _hard(self, layer, key: str) -> Tuple[np.ndarray, float, object]:
         """``(indices, q, quantizer)`` of the quantized weight ``key`` (``layer/attribute``)."""
         quantizer, variables = self._quantizers[key]
-        value = next(w for w, qz, _ in layer._weight_vars if qz is quantizer).numpy()
+        value = quantized_weight(layer, quantizer).numpy()
         q = float(quantizer.step_and_softness(variables)[0])
         return np.clip(np.round(value / np.float32(q)), quantizer.lo, quantizer.hi).astype(np.int32), q, quantizer
 
@@ -162,7 +119,7 @@ class InferenceGraph:
         for name in self.order:
             layer = self.layer(name)
             inner = inner_layer(layer)
-            attr = KERNEL_ATTRIBUTE.get(type(inner))
+            attr = weight_attribute(inner)
             if attr is None:
                 continue
             if f"{name}/{attr}" not in self._quantizers:
@@ -195,18 +152,13 @@ class InferenceGraph:
     def _needs_range(self, name: str) -> bool:
         """Whether TFLite materialises this layer's output with a range of its own."""
         layer = self.layer(name)
-        inner = inner_layer(layer)
-        if getattr(layer, "_output_quantizers", None):
+        if output_quantizers(layer):
             return False  # CDL grid
-        if name in self.folded or isinstance(inner, _PASS_THROUGH):
+        if name in self.folded or rule(layer).keeps_values:
             return False
         consumers = [inner_layer(self.layer(c)) for c in self._consumers(name)]
-        fusable = isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D,
-                                     keras.layers.Add, keras.layers.BatchNormalization))
-        if fusable and name not in self.output_names and len(consumers) == 1 and (
-            isinstance(consumers[0], keras.layers.ReLU)
-            or (isinstance(consumers[0], keras.layers.Activation) and activation_name(consumers[0]) in _RELU_NAMES)
-        ):
+        if (rule(layer).fuses_relu and name not in self.output_names and len(consumers) == 1
+                and relu_output(consumers[0]) is not None):
             return False  # fused with the following ReLU
         return True
 

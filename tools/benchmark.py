@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import configs
-from tools import cli
+from cdl_tf.tools import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(configs.__file__), "lenet300_mnist.py"),
@@ -47,7 +47,7 @@ def main(argv):
     import dataclasses
 
     from cdl_tf import benchmark
-    from tools.pipeline import final_run
+    from cdl_tf.tools.pipeline import final_run
 
     if FLAGS.runs:
         print(benchmark.markdown(benchmark.tabulate_runs([final_run(d) for d in FLAGS.runs], FLAGS.outdir)))

@@ -3,7 +3,7 @@ import json
 
 from absl import flags
 
-from tools import cli
+from cdl_tf.tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by cdl-train.")

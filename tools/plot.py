@@ -1,10 +1,10 @@
-"""Redraw the benchmark plots from results.json: python tools/plot.py --results=/tmp/bench/results.json"""
+"""Redraw the benchmark plots from results.json: cdl-plot --results=/tmp/bench/results.json"""
 import json
 import os
 
 from absl import flags
 
-from tools import cli
+from cdl_tf.tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", None, "results.json written by cdl-bench.")
@@ -23,5 +23,9 @@ def main(argv):
         print(os.path.join(outdir, name))
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -6,7 +6,7 @@ cdl-train --config=configs/lenet5_mnist.py:recipe --workdir=/tmp/lenet5_recipe  
 from absl import flags
 from ml_collections import config_flags
 
-from tools import cli
+from cdl_tf.tools import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -16,7 +16,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    from tools import pipeline
+    from cdl_tf.tools import pipeline
 
     if pipeline.is_recipe(FLAGS.config):
         print(pipeline.format_summary(pipeline.run_recipe(FLAGS.config, FLAGS.workdir)))

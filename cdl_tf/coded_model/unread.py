@@ -1,7 +1,7 @@
 """Units nothing reads, given the cheapest values before coding.
 
 Output channel ``c`` of a Conv2D or Dense layer ``L`` is *unread* when every reader of ``L``'s
-output channels (`tflite_export.channels`) has a zero kernel at every weight that reads ``c``:
+output channels (`cdl_tf.coded_model.channels`) has a zero kernel at every weight that reads ``c``:
 
     unread(c)  <=>  for every reader M:  W_M[..., i, :] = 0  for every input feature i of c.
 
@@ -27,9 +27,9 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 import tf_keras as keras
 
+from cdl_tf.coded_model.channels import channel_readers
 from cdl_tf.coding import QuantizedTensor
-from tflite_export.channels import channel_readers
-from tflite_export.graph import KERNEL_ATTRIBUTE, inner_layer, layer_edges
+from cdl_tf.layer_registry import inner_layer, layer_edges, rule, weight_attribute
 
 
 def nonzero(tensor) -> np.ndarray:
@@ -55,7 +55,7 @@ def _unread(model: keras.Model, outbound: Mapping[str, list], tensors: Mapping[s
     read = np.zeros(channels, dtype=bool)
     for layer_name, period in found.readers:
         inner = inner_layer(model.get_layer(layer_name))
-        features = _features_read(inner, tensors.get(f"{layer_name}/{KERNEL_ATTRIBUTE[type(inner)]}"))
+        features = _features_read(inner, tensors.get(f"{layer_name}/{weight_attribute(inner)}"))
         if features is None or (period is None and features.size != channels):
             return everything_read
         read |= features if period is None else features.reshape(-1, period).any(axis=0)
@@ -95,12 +95,11 @@ def _same(a, b) -> bool:
 
 
 def fill_unread(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, object]:
-    """``tensors`` (named as `tflite_export.coded.coded_tensors` names them) with the kernel column
+    """``tensors`` (named as `cdl_tf.coded_model.coded_tensors` names them) with the kernel column
     and bias of every unread output channel of a Conv2D or Dense layer set to their cheapest values."""
     out = dict(tensors)
     _, _, outbound = layer_edges(model)
-    writers = [l.name for l in model.layers
-               if type(inner_layer(l)) in (keras.layers.Conv2D, keras.layers.Dense) and f"{l.name}/kernel" in out]
+    writers = [l.name for l in model.layers if rule(l).units and f"{l.name}/kernel" in out]
     changed = True
     while changed:
         changed = False

@@ -1,7 +1,7 @@
 """Output channels reordered so that the live ones come first: the same function, cheaper masks.
 
 Take a Conv2D or Dense layer ``L`` whose output channels have per-channel readers
-(`tflite_export.channels`) and a permutation ``P`` of its ``C`` channels. Applied at once to
+(`cdl_tf.coded_model.channels`) and a permutation ``P`` of its ``C`` channels. Applied at once to
 
 - ``L``'s kernel columns and every per-channel tensor of ``L`` (its bias) and of the layers
   passed on the way to the readers (a BatchNormalization's scale and shift),
@@ -27,16 +27,10 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 import tf_keras as keras
 
+from cdl_tf.coded_model.channels import ChannelReaders, channel_readers
+from cdl_tf.coded_model.unread import nonzero
 from cdl_tf.coding import QuantizedTensor
-from tflite_export.channels import ChannelReaders, channel_readers
-from tflite_export.graph import inner_layer, layer_edges
-from tflite_export.unread import nonzero
-
-
-def _plain(layer) -> bool:
-    """A Conv2D (ungrouped, not depthwise) or Dense layer."""
-    inner = inner_layer(layer)
-    return type(inner) in (keras.layers.Conv2D, keras.layers.Dense) and getattr(inner, "groups", 1) == 1
+from cdl_tf.layer_registry import layer_edges, plain_units
 
 
 def _take(tensor, order: np.ndarray, axis: int):
@@ -57,7 +51,7 @@ def _permuted(model: keras.Model, tensors: Mapping[str, object], name: str, foun
     updated = {kernel_key: _take(tensors[kernel_key], order, axis=-1)}
     for reader, period in found.readers:
         key = f"{reader}/kernel"
-        if not _plain(model.get_layer(reader)) or key not in tensors:
+        if not plain_units(model.get_layer(reader)) or key not in tensors:
             return None
         features = tensors[key].shape[-2]
         if features % channels or (period is None and features != channels):
@@ -76,12 +70,12 @@ def _permuted(model: keras.Model, tensors: Mapping[str, object], name: str, foun
 
 
 def order_units(model: keras.Model, tensors: Mapping[str, object]) -> Dict[str, object]:
-    """``tensors`` (named as `tflite_export.coded.coded_tensors` names them) with the output
+    """``tensors`` (named as `cdl_tf.coded_model.coded_tensors` names them) with the output
     channels of every Conv2D and Dense layer that allows it in live-first order."""
     out = dict(tensors)
     order, _, outbound = layer_edges(model)
     for name in order:
-        if not _plain(model.get_layer(name)) or f"{name}/kernel" not in out:
+        if not plain_units(model.get_layer(name)) or f"{name}/kernel" not in out:
             continue
         found = channel_readers(model, outbound, name)
         if found is None:

@@ -12,8 +12,8 @@ and decoded as ``gamma = scale``, ``beta = shift``, ``mean = 0`` and a variance
 with ``var + eps == 1`` in float32. Training-only state (softness, draw counters,
 rate weights) is not stored; a decoded model has its quantizers marked initialised.
 Units whose outputs nothing reads are stored with zero weights and the most common
-bias (`tflite_export.unread`), and the output channels of a layer are stored live ones first
-where its readers allow (`tflite_export.unit_order`). `apply_coded(model, coded_tensors(model))`
+bias (`cdl_tf.coded_model.unread`), and the output channels of a layer are stored live ones first
+where its readers allow (`cdl_tf.coded_model.unit_order`). `apply_coded(model, coded_tensors(model))`
 puts a model in that decoded form, which infers as before up to float32 rounding.
 """
 from __future__ import annotations
@@ -25,11 +25,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from cdl_tf.batchnorm import batchnorm_affine
+from cdl_tf.coded_model.unit_order import order_units
+from cdl_tf.coded_model.unread import fill_unread
 from cdl_tf.coding import QuantizedTensor, index_entropy_bits
-from cdl_tf.quantize import quantizers
-from tflite_export.graph import batchnorm_affine
-from tflite_export.unit_order import order_units
-from tflite_export.unread import fill_unread
+from cdl_tf.layer_registry import quantized_weight, weight_quantizers
+from cdl_tf.quantize import model_quantizers
 
 _TRAINING_ONLY = ("_log_kappa", "_log_alpha", "_step", "_rate_weight", "_initialized", "optimizer_step")
 
@@ -50,12 +51,12 @@ def _named_variables(model):
 def _classify(model) -> Tuple[Dict[int, tuple], Dict[int, object], list]:
     """``(kernels by id -> (quantizer, vars), weight log_q by id -> kernel, initialised flags)``."""
     kernels, log_qs, flags = {}, {}, []
-    for _, quantizer, variables in quantizers(model):
+    for _, quantizer, variables in model_quantizers(model):
         flags.append(variables["initialized"])
         if quantizer.kind != "weight":
             continue
-        wrapper = next(l for l in model.layers if any(qz is quantizer for _, qz, _ in getattr(l, "_weight_vars", [])))
-        kernel = next(w for w, qz, _ in wrapper._weight_vars if qz is quantizer)
+        wrapper = next(l for l in model.layers if any(qz is quantizer for _, qz, _ in weight_quantizers(l)))
+        kernel = quantized_weight(wrapper, quantizer)
         kernels[id(kernel)] = (quantizer, variables)
         log_qs[id(variables["log_q"])] = kernel
     return kernels, log_qs, flags
@@ -89,7 +90,7 @@ def _stored_variables(model, log_qs) -> Dict[str, object]:
 def coded_tensors(model) -> Dict[str, object]:
     """Name -> `QuantizedTensor` (kernels) or float32 array (everything else inference needs),
     with the kernel columns and biases of units nothing reads set to their cheapest values
-    (`tflite_export.unread`) and output channels in live-first order (`tflite_export.unit_order`)."""
+    (`cdl_tf.coded_model.unread`) and output channels in live-first order (`cdl_tf.coded_model.unit_order`)."""
     kernels, log_qs, _ = _classify(model)
     out: Dict[str, object] = {}
     for bn in _affine_batchnorms(model):

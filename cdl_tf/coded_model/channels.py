@@ -15,12 +15,8 @@ from typing import List, Mapping, Optional, Tuple
 
 import tf_keras as keras
 
-from tflite_export.graph import KERNEL_ATTRIBUTE, activation_name, inner_layer
-
-_CHANNELWISE = (keras.layers.ReLU, keras.layers.Activation, keras.layers.MaxPooling2D,
-                keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D, keras.layers.Dropout,
-                keras.layers.BatchNormalization, keras.layers.ZeroPadding2D)
-ELEMENTWISE_ACTIVATIONS = (None, "linear", "relu", "relu6")
+from cdl_tf.layer_registry import (ELEMENTWISE_ACTIVATIONS, activation_name, inner_layer, keeps_channels_apart,
+                                   weight_attribute)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,31 +32,22 @@ class ChannelReaders:
     passed: Tuple[str, ...]
 
 
-def _keeps_channels_apart(inner) -> bool:
-    """Whether channel ``c`` of the layer's output depends on channel ``c`` of its input alone."""
-    if not isinstance(inner, _CHANNELWISE) or getattr(inner, "data_format", "channels_last") != "channels_last":
-        return False
-    if isinstance(inner, keras.layers.BatchNormalization):
-        return list(inner.axis) in ([-1], [len(inner.input_shape) - 1])
-    return activation_name(inner) in ELEMENTWISE_ACTIVATIONS
-
-
 def channel_readers(model: keras.Model, outbound: Mapping[str, List[str]], name: str) -> Optional[ChannelReaders]:
     """The readers of layer ``name``'s output channels, or ``None`` if some path mixes or exposes them."""
-    if name in model.output_names or activation_name(inner_layer(model.get_layer(name))) not in ELEMENTWISE_ACTIVATIONS:
+    if name in model.output_names or activation_name(model.get_layer(name)) not in ELEMENTWISE_ACTIVATIONS:
         return None
     channels = model.get_layer(name).output_shape[-1]
     readers, passed = [], []
     pending = [(c, None) for c in outbound[name]]
     while pending:
         layer_name, period = pending.pop()
-        inner = inner_layer(model.get_layer(layer_name))
-        if type(inner) in KERNEL_ATTRIBUTE:
+        layer = inner_layer(model.get_layer(layer_name))
+        if weight_attribute(layer):
             readers.append((layer_name, period))
             continue
-        if isinstance(inner, keras.layers.Flatten) and period is None and inner.data_format == "channels_last":
+        if isinstance(layer, keras.layers.Flatten) and period is None and layer.data_format == "channels_last":
             period = channels
-        elif _keeps_channels_apart(inner):
+        elif keeps_channels_apart(layer):
             passed.append(layer_name)
         else:
             return None
