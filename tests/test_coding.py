@@ -21,7 +21,8 @@ from cdl_tf.coding import (
     read,
     write,
 )
-from cdl_tf.coding import coders, container
+from cdl_tf.coding import coders, reader, writer
+from cdl_tf.coding.format import MAX_HEADER_BYTES
 from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN
 from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint, zigzag_decode, zigzag_encode
 
@@ -603,9 +604,9 @@ PACKED0 = deflate(HEADER0)
     [
         (b"", "header size: truncated"),
         (encode_varint(len(HEADER0)), "compressed header length: truncated"),
-        (pack(HEADER0, size=container.MAX_HEADER_BYTES + 1) + PAYLOADS0, "header size: 67108865 exceeds the limit"),
+        (pack(HEADER0, size=MAX_HEADER_BYTES + 1) + PAYLOADS0, "header size: 67108865 exceeds the limit"),
         (pack(HEADER0, size=2**64 - 1) + PAYLOADS0, "header size: .* exceeds the limit"),
-        (pack(HEADER0, size=container.MAX_HEADER_BYTES) + PAYLOADS0, "header size: declares 67108864"),
+        (pack(HEADER0, size=MAX_HEADER_BYTES) + PAYLOADS0, "header size: declares 67108864"),
         (pack(HEADER0, size=len(HEADER0) + 1) + PAYLOADS0, "header size: declares"),
         (pack(HEADER0, size=len(HEADER0) - 1) + PAYLOADS0, "header size: .*more than the declared"),
         (pack(HEADER0, size=0) + PAYLOADS0, "header size: .*more than the declared 0"),
@@ -694,7 +695,7 @@ def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
     dense = {**dense, "d": QuantizedTensor(skewed_indices(rng, (20, 30), -7, 7, "geometric"), -7, 7, 0.1),
              "no_zero": QuantizedTensor(np.full((4, 5), 2), 1, 3, 0.5)}  # 0 outside the alphabet
     with_masks = {name: encode_bytes({name: t}, coder=coder) for name, t in {**sparse, **dense}.items()}
-    monkeypatch.setattr(container, "_live_masks", lambda tensor: None)
+    monkeypatch.setattr(writer, "_live_masks", lambda tensor: None)
     for name, t in {**sparse, **dense}.items():
         without = encode_bytes({name: t}, coder=coder)
         assert_same(t, decode_bytes(with_masks[name])[name])
@@ -708,7 +709,8 @@ def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
 def test_header_limit_applies_to_writer_and_reader(monkeypatch):
     tensors = {"layer/kernel": QuantizedTensor(np.array([0, 1, 1]), -1, 1, 1.0)}
     data = encode_bytes(tensors)
-    monkeypatch.setattr(container, "MAX_HEADER_BYTES", len(split(data)[2]) - 1)
+    for module in (writer, reader):
+        monkeypatch.setattr(module, "MAX_HEADER_BYTES", len(split(data)[2]) - 1)
     with pytest.raises(ValueError, match="header is"):
         encode_bytes(tensors)
     with pytest.raises(FormatError, match="header size: .* exceeds the limit"):
