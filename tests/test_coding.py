@@ -596,6 +596,7 @@ def test_one_tensor_helper_is_valid():
         (frame(header([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])]).replace(b"w", b"\xff")), "UTF-8"),
         (frame(header([], metadata=b"[1, 2]")), "JSON object"),
         (frame(header([], metadata=b"{\"a\": NaN}")), "NaN"),
+        (frame(header([], metadata=b"{\"a\": [-1e999]}")), "metadata: number -1e999 is beyond float64"),
         (frame(header([], metadata=b"{\"a\":")), "JSON"),
         (frame(header([], metadata=b"[" * 100000 + b"]" * 100000)), "metadata"),
         (frame(header([], metadata=b"\xff\xfe")), "metadata"),

@@ -199,8 +199,14 @@ def _parse_metadata(reader: ByteReader) -> dict:
     def reject_constant(token: str) -> None:
         raise FormatError(f"metadata: non-standard JSON constant {token}")
 
+    def finite_float(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise FormatError(f"metadata: number {token[:40]} is beyond float64")
+        return value
+
     try:
-        value = json.loads(bytes(raw).decode("utf-8"), parse_constant=reject_constant)
+        value = json.loads(bytes(raw).decode("utf-8"), parse_constant=reject_constant, parse_float=finite_float)
     except FormatError:
         raise
     except (ValueError, RecursionError) as exc:
