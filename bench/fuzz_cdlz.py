@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from cdl_tf.coding import FormatError, QuantizedTensor, decode_bytes, encode_bytes
-from cdl_tf.coding.container import HEADER_LEVEL, HEADER_WBITS
+from cdl_tf.coding.format import HEADER_LEVEL, HEADER_WBITS
 from cdl_tf.coding.wire import ByteReader, encode_varint
 from cdl_tf.io import atomic_write_json
 

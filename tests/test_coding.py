@@ -21,7 +21,8 @@ from cdl_tf.coding import (
     read,
     write,
 )
-from cdl_tf.coding import coders, container
+from cdl_tf.coding import coders, reader, writer
+from cdl_tf.coding.format import MAX_HEADER_BYTES
 from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN
 from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint, zigzag_decode, zigzag_encode
 
@@ -253,6 +254,10 @@ def sample_files() -> list[bytes]:
 SAMPLES = sample_files()
 
 
+SAMPLE_FILES = [decode_bytes(data) for data in SAMPLES]
+SAMPLE_PAYLOADS = [split(data)[3] for data in SAMPLES]
+
+
 def decode_or_format_error(data: bytes) -> CodedFile | None:
     """Decode; a FormatError is an accepted outcome, any other exception fails the test."""
     try:
@@ -448,13 +453,27 @@ def test_decoded_arrays_are_read_only_and_dtype_fits_alphabet():
         f["e"] = 1  # type: ignore[index]
 
 
-def test_metadata_round_trip_and_float16_flag():
+def test_metadata_is_compact_utf8_json_and_float16_sets_the_lossy_flag():
+    """Section 3.1 of docs/cdlz-format.md: the writer stores compact UTF-8 JSON (its length in
+    bytes), the reader takes any JSON object; each is checked against hand-written bytes."""
     meta = {"model": "lenet5", "bits": [0.5, 1.25], "nested": {"ok": True, "n": None}, "ünï": "çødé"}
-    f = decode_bytes(encode_bytes({"b": np.arange(3, dtype=np.float32) / 3}, float_dtype="float16", metadata=meta))
-    assert f.metadata == meta and f.lossy
-    assert f["b"].dtype == np.float16
-    g = decode_bytes(encode_bytes({"b": np.arange(3, dtype=np.float32) / 3}))
-    assert not g.lossy and g.metadata == {} and g["b"].dtype == np.float32
+    text = '{"model":"lenet5","bits":[0.5,1.25],"nested":{"ok":true,"n":null},"ünï":"çødé"}'.encode()
+    b = np.arange(3, dtype=np.float32) / 3
+    data = encode_bytes({"b": b}, float_dtype="float16", metadata=meta)
+    flags, _, header_, payloads = split(data)
+    assert header_.startswith(b"\x01" + encode_varint(len(text)) + text)  # tensor count 1, metadata
+    assert flags == 0x01 and payloads == b.astype("<f2").tobytes()
+    f = decode_bytes(data)
+    assert f.lossy and f["b"].dtype == np.float16
+    f.metadata["model"] = "other"  # a copy
+    assert f.metadata["model"] == "lenet5"
+    flags, _, header_, payloads = split(encode_bytes({"b": b}))
+    assert flags == 0 and header_.startswith(b"\x01\x00") and payloads == b.astype("<f4").tobytes()
+
+    spaced = '{ "a" : [1, 2.5e0, -0], "\\u00fc": {"t": true, "f": false, "n": null}, "é": "\\n" }'.encode()
+    g = decode_bytes(frame(header([], metadata=spaced)))
+    assert g.metadata == {"a": [1, 2.5, 0], "ü": {"t": True, "f": False, "n": None}, "é": "\n"}
+    assert not g.lossy and decode_bytes(frame(header([]))).metadata == {}
 
 
 def test_writer_rejects_bad_input():
@@ -569,13 +588,15 @@ def test_one_tensor_helper_is_valid():
         (_one_tensor(payload_len=_valid_parts()[1].__len__() + 1), "payload lengths sum"),
         (_one_tensor(payloads=[_valid_parts()[1] + b"\x01"], payload_len=len(_valid_parts()[1]) + 1), "payload"),
         (_one_tensor(scales=[1.0, float("nan"), 1.0, 1.0]), "scales"),
-        (_one_tensor(scales=[1.0]), None),  # consumes the wrong number of bytes: some later field fails
+        # The 4 scales of shape (4,) where 1 is stored: 16 bytes from offset 14 run past the header
+        (_one_tensor(scales=[1.0]), "tensor 'w' scales: needs 16 byte\\(s\\) at offset 14 but only 10 remain"),
         (_one_tensor(shape=(), counts=[1], coder_id=0, payload_len=None, payloads=[], scales=[1.0]), "0-d"),
         (frame(header([quantized_header("w", (0,), lo=0, hi=1, q=1.0, coder_id=1)])), "empty tensor"),
         (frame(header([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])] * 2)), "duplicate"),
         (frame(header([quantized_header("w", (2,), lo=0, hi=1, q=1.0, coder_id=0, counts=[2])]).replace(b"w", b"\xff")), "UTF-8"),
         (frame(header([], metadata=b"[1, 2]")), "JSON object"),
         (frame(header([], metadata=b"{\"a\": NaN}")), "NaN"),
+        (frame(header([], metadata=b"{\"a\": [-1e999]}")), "metadata: number -1e999 is beyond float64"),
         (frame(header([], metadata=b"{\"a\":")), "JSON"),
         (frame(header([], metadata=b"[" * 100000 + b"]" * 100000)), "metadata"),
         (frame(header([], metadata=b"\xff\xfe")), "metadata"),
@@ -603,9 +624,9 @@ PACKED0 = deflate(HEADER0)
     [
         (b"", "header size: truncated"),
         (encode_varint(len(HEADER0)), "compressed header length: truncated"),
-        (pack(HEADER0, size=container.MAX_HEADER_BYTES + 1) + PAYLOADS0, "header size: 67108865 exceeds the limit"),
+        (pack(HEADER0, size=MAX_HEADER_BYTES + 1) + PAYLOADS0, "header size: 67108865 exceeds the limit"),
         (pack(HEADER0, size=2**64 - 1) + PAYLOADS0, "header size: .* exceeds the limit"),
-        (pack(HEADER0, size=container.MAX_HEADER_BYTES) + PAYLOADS0, "header size: declares 67108864"),
+        (pack(HEADER0, size=MAX_HEADER_BYTES) + PAYLOADS0, "header size: declares 67108864"),
         (pack(HEADER0, size=len(HEADER0) + 1) + PAYLOADS0, "header size: declares"),
         (pack(HEADER0, size=len(HEADER0) - 1) + PAYLOADS0, "header size: .*more than the declared"),
         (pack(HEADER0, size=0) + PAYLOADS0, "header size: .*more than the declared 0"),
@@ -673,7 +694,10 @@ def test_masked_helper_is_valid():
         (_masked(shape=(12,)), "at least 2 dims"),
         (_masked(shape=(3, 0)), "at least 2 dims"),
         (_masked(version=2), "unknown kind 3 in a version-2 file"),
-        (_masked(shape=(30, 4)), None),  # a 4-byte row mask read as 1 byte: a later field fails
+        # A 30-row mask takes 4 bytes where 1 is stored: the column mask, coder id and used min after
+        # it. Each later field reads a later one: the counts (1, 0, 1) become coder id 1, used min 0
+        # and used span 1, which leaves the payload length for 2 counts.
+        (_masked(shape=(30, 4)), "tensor 'w' frequency table: 2 counts declared but only 1 bytes remain"),
     ],
 )
 def test_reader_rejects_bad_masks(data, message):
@@ -694,7 +718,7 @@ def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
     dense = {**dense, "d": QuantizedTensor(skewed_indices(rng, (20, 30), -7, 7, "geometric"), -7, 7, 0.1),
              "no_zero": QuantizedTensor(np.full((4, 5), 2), 1, 3, 0.5)}  # 0 outside the alphabet
     with_masks = {name: encode_bytes({name: t}, coder=coder) for name, t in {**sparse, **dense}.items()}
-    monkeypatch.setattr(container, "_live_masks", lambda tensor: None)
+    monkeypatch.setattr(writer, "_live_masks", lambda tensor: None)
     for name, t in {**sparse, **dense}.items():
         without = encode_bytes({name: t}, coder=coder)
         assert_same(t, decode_bytes(with_masks[name])[name])
@@ -708,7 +732,8 @@ def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
 def test_header_limit_applies_to_writer_and_reader(monkeypatch):
     tensors = {"layer/kernel": QuantizedTensor(np.array([0, 1, 1]), -1, 1, 1.0)}
     data = encode_bytes(tensors)
-    monkeypatch.setattr(container, "MAX_HEADER_BYTES", len(split(data)[2]) - 1)
+    for module in (writer, reader):
+        monkeypatch.setattr(module, "MAX_HEADER_BYTES", len(split(data)[2]) - 1)
     with pytest.raises(ValueError, match="header is"):
         encode_bytes(tensors)
     with pytest.raises(FormatError, match="header size: .* exceeds the limit"):
@@ -770,6 +795,78 @@ def mutate_part(data: bytes, part: str, mutate: Callable[[bytes], bytes]) -> byt
     return frame_raw(mutate(pack(header_) + payloads), flags=flags, coder=coder)
 
 
+def assert_consistent(data: bytes, f: CodedFile) -> None:
+    """What every file the reader accepts satisfies, whatever tensors it holds: the sizes add up,
+    the arrays are read-only, the lossy flag means a float16 tensor, and the tensors written
+    again with the file's coder and metadata read back unchanged."""
+    assert f.total_bytes == len(data)
+    assert f.header_bytes + sum(f.payload_bytes(n) for n in f) == len(data)
+    arrays = [t.indices if isinstance(t, QuantizedTensor) else t for t in f.values()]
+    assert not any(a.flags.writeable for a in arrays)
+    assert f.lossy == any(a.dtype == np.float16 for a in arrays)
+    float_dtype = "float16" if f.lossy else "float32"
+    again = decode_bytes(encode_bytes(f, coder=f.coder, float_dtype=float_dtype, metadata=f.metadata))
+    assert list(again) == list(f) and again.metadata == f.metadata
+    with np.errstate(over="ignore"):  # a mutated step can be large enough for index * q to overflow
+        for name in f:
+            assert_same(f[name], again[name], float_dtype)
+
+
+def assert_payload_mutation(sample: int, data: bytes) -> None:
+    """``data`` is ``SAMPLES[sample]`` with other payload bytes under the intact header.
+
+    The header fixes each payload's length, so payloads of another total length are refused.
+    A file that decodes has the original's names, metadata, payload sizes, shapes and dtypes,
+    alphabets, steps and scales; each quantized tensor holds the original indices in some
+    order (the header's counts are intact and the reader checks the decoded histogram against
+    them), and every tensor whose payload bytes are unchanged is the original tensor.
+    """
+    original = SAMPLE_FILES[sample]
+    old, new = SAMPLE_PAYLOADS[sample], split(data)[3]
+    if len(new) != len(old):
+        with pytest.raises(FormatError, match="payload lengths sum to"):
+            decode_bytes(data, max_elements=COMPARE_MAX)
+        return
+    f = decode_or_format_error(data)
+    if f is None:
+        return
+    assert_consistent(data, f)
+    assert list(f) == list(original) and f.metadata == original.metadata
+    start = 0
+    for name, t in original.items():
+        end = start + original.payload_bytes(name)
+        got = f[name]
+        assert f.payload_bytes(name) == original.payload_bytes(name)
+        if isinstance(t, QuantizedTensor):
+            assert isinstance(got, QuantizedTensor)
+            assert (got.shape, got.lo, got.hi, got.q) == (t.shape, t.lo, t.hi, t.q)
+            assert got.scales is None if t.scales is None else np.array_equal(got.scales, t.scales)
+            assert np.array_equal(np.sort(got.indices, axis=None), np.sort(t.indices, axis=None))
+            values, expected = got.indices, t.indices
+        else:
+            assert got.dtype == t.dtype and got.shape == t.shape
+            values, expected = got, t
+        if new[start:end] == old[start:end]:
+            assert np.array_equal(values, expected, equal_nan=True), name
+        start = end
+
+
+def check_mutation(sample: int, part: str, data: bytes) -> None:
+    """Decode ``data``, ``SAMPLES[sample]`` with ``part`` mutated and sizes and CRC fixed up.
+
+    A FormatError is an accepted outcome. A file that decodes need not hold the original
+    tensors: with the CRC recomputed nothing else protects the float payloads, names, steps,
+    scales, alphabets or metadata, and a coded payload may decode to another order of the same
+    symbols (the reader checks their histogram only). It must be consistent instead
+    (`assert_consistent`) and, where only the payloads changed, hold all the intact header
+    fixes (`assert_payload_mutation`).
+    """
+    if part == "payloads":
+        assert_payload_mutation(sample, data)
+    elif (f := decode_or_format_error(data)) is not None:
+        assert_consistent(data, f)
+
+
 @pytest.mark.parametrize("sample", range(len(SAMPLES)))
 def test_every_truncation_is_rejected(sample):
     data = SAMPLES[sample]
@@ -797,7 +894,7 @@ def test_every_truncation_of_the_header_is_rejected(sample):
     target=st.sampled_from(["file", "file+crc", "header", "payloads"]),
 )
 @FUZZ
-def test_bit_flips_raise_only_format_error(sample, flips, target):
+def test_bit_flips_are_refused_or_decode_consistently(sample, flips, target):
     """Bit flips anywhere in the file (CRC kept or fixed), or in the uncompressed header or the payloads."""
 
     def flip(raw: bytes) -> bytes:
@@ -814,9 +911,9 @@ def test_bit_flips_raise_only_format_error(sample, flips, target):
             with pytest.raises(FormatError):
                 decode_bytes(mutated, max_elements=COMPARE_MAX)
     elif target == "file+crc":
-        decode_or_format_error(fix_crc(flip(data[:-4]) + data[-4:]))
+        check_mutation(sample, "file", fix_crc(flip(data[:-4]) + data[-4:]))
     else:
-        decode_or_format_error(mutate_part(data, target, flip))
+        check_mutation(sample, target, mutate_part(data, target, flip))
 
 
 @given(
@@ -827,14 +924,14 @@ def test_bit_flips_raise_only_format_error(sample, flips, target):
     cut=st.integers(0, 12),
 )
 @FUZZ
-def test_splices_with_fixed_crc_raise_only_format_error(sample, part, start, replacement, cut):
+def test_splices_with_fixed_crc_are_refused_or_decode_consistently(sample, part, start, replacement, cut):
     """Byte replacements, insertions and deletions in one part, with sizes and CRC fixed up."""
 
     def splice(raw: bytes) -> bytes:
         pos = start % (len(raw) + 1)
         return raw[:pos] + replacement + raw[pos + cut :]
 
-    decode_or_format_error(mutate_part(SAMPLES[sample], part, splice))
+    check_mutation(sample, part, mutate_part(SAMPLES[sample], part, splice))
 
 
 @given(
@@ -844,7 +941,7 @@ def test_splices_with_fixed_crc_raise_only_format_error(sample, part, start, rep
     value=st.sampled_from([2**40, 2**28 + 1, 2**26 + 1, 2**63, 2**64 - 1, 0, 1, 127, 128, 65535, 65536]),
 )
 @FUZZ
-def test_inflated_varints_raise_only_format_error(sample, part, pos, value):
+def test_inflated_varints_are_refused_or_decode_consistently(sample, part, pos, value):
     """Overwrite the varint starting at a byte of the header (or of the body) with a large declared size."""
 
     def inflate(raw: bytes) -> bytes:
@@ -854,7 +951,7 @@ def test_inflated_varints_raise_only_format_error(sample, part, pos, value):
             end += 1
         return raw[:p] + encode_varint(value) + raw[end + 1 :]
 
-    decode_or_format_error(mutate_part(SAMPLES[sample], part, inflate))
+    check_mutation(sample, part, mutate_part(SAMPLES[sample], part, inflate))
 
 
 # ------------------------------------------------------------------- files
@@ -864,6 +961,7 @@ def test_write_read_round_trip_and_no_temp_files(tmp_path):
     tensors = {"w": QuantizedTensor(np.array([[0, 1], [2, 2]]), -2, 2, 0.25), "b": np.ones(2, np.float32)}
     path = tmp_path / "model.cdlz"
     n = write(path, tensors, coder="huffman", metadata={"a": 1})
+    assert path.read_bytes() == encode_bytes(tensors, coder="huffman", metadata={"a": 1})
     assert n == path.stat().st_size
     assert os.listdir(tmp_path) == ["model.cdlz"]
     f = read(path)

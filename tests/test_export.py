@@ -9,9 +9,9 @@ import tf_keras as keras
 
 import cdl_tf
 from cdl_tf import coding
-from cdl_tf.training import train_and_evaluate
-from configs import lenet5_mnist
 from cdl_tf.coded_model import apply_coded, coded_tensors
+from cdl_tf.training import build_model, train_and_evaluate, validate_config
+from configs import lenet5_mnist, lenet300_mnist
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
 from tflite_export.export import eval_arrays, export_workdir
@@ -298,3 +298,30 @@ def test_calibrated_ranges_are_short_and_contain_the_calibration_data():
         for bound, seen in ((lo, seen_lo), (hi, seen_hi)):
             assert len(f"{abs(bound):e}".split("e")[0].rstrip("0").replace(".", "")) <= RANGE_DIGITS
             assert abs(bound - seen) <= 10.0 ** (1 - RANGE_DIGITS) * abs(seen) + 1e-12, (name, bound, seen)
+
+
+def _untrained(module, **cdl):
+    """The untrained model of a run of ``module``'s config (with these ``cdl`` fields), as the decoder builds it."""
+    c = module.get_config()
+    c.cdl.update(cdl)
+    return build_model(c, validate_config(c))
+
+
+def test_coded_weights_of_another_model_are_refused(tmp_path):
+    """A valid ``.cdlz`` of another model is refused with the tensors that do not fit: LeNet-300-100's
+    weights for a LeNet-5 run (through the decoder), and LeNet-5's with and without quantized biases."""
+    (tmp_path / "config.json").write_text(lenet5_mnist.get_config().to_json())
+    path = tmp_path / "lenet300.cdlz"
+    coding.write(path, coded_tensors(_untrained(lenet300_mnist)))
+    with pytest.raises(ValueError, match=r"coded weights do not fit this model: missing \['quant_conv1/bias', .*\], "
+                                         r"unexpected \['quant_fc2/bias', 'quant_fc2/kernel', 'quant_fc2/output_log_q'\]"):
+        decode_model(str(path), str(tmp_path))
+
+    def coded(model):
+        return coding.decode_bytes(coding.encode_bytes(coded_tensors(model)))
+
+    plain, biased = _untrained(lenet5_mnist), _untrained(lenet5_mnist, quantize_biases=True)
+    with pytest.raises(ValueError, match="quant_conv1/bias: expected a float tensor, got quantized indices"):
+        apply_coded(plain, coded(biased))
+    with pytest.raises(ValueError, match="quant_conv1/bias: expected quantized indices, got a float tensor"):
+        apply_coded(biased, coded(plain))

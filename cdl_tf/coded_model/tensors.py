@@ -142,6 +142,8 @@ def apply_coded(model, tensors: Mapping[str, object]) -> None:
             v.assign(t.indices.astype(np.float32) * q)
             variables["log_q"].assign(_log_of(q))
         else:
+            if isinstance(t, QuantizedTensor):
+                raise ValueError(f"{name}: expected a float tensor, got quantized indices")
             value = np.asarray(t, dtype=np.float32)
             if value.shape != tuple(v.shape):
                 raise ValueError(f"{name}: shape {value.shape} does not fit {tuple(v.shape)}")

@@ -10,9 +10,11 @@
 
 The format is specified in ``docs/cdlz-format.md``.
 """
-from cdl_tf.coding.container import CodedFile, decode_bytes, encode_bytes, read, write
+from cdl_tf.coding.coded_file import CodedFile
 from cdl_tf.coding.errors import FormatError
+from cdl_tf.coding.reader import decode_bytes, read
 from cdl_tf.coding.tensors import QuantizedTensor, index_entropy_bits
+from cdl_tf.coding.writer import encode_bytes, write
 
 __all__ = [
     "CodedFile",
