@@ -13,6 +13,7 @@ from cdl_tf.export_report import (
     ExportReportError,
     KernelAccuracy,
 )
+from cdl_tf.results import Point, result_row
 
 # export.json as cdl-export wrote it before model_float.tflite and the extra kernel sets were scored.
 OLDER_CDL_EXPORT = {
@@ -116,3 +117,12 @@ def test_bad_field_is_named(tmp_path, path, value, message):
     with pytest.raises(ExportReportError, match=f"^{re.escape(str(tmp_path / 'export.json'))}: {message}"):
         ExportReport.read(str(tmp_path))
 
+
+def test_row_of_a_coded_point_needs_its_coded_sizes(tmp_path):
+    (tmp_path / "export").mkdir()
+    ExportReport(workdir=str(tmp_path), bytes=ExportBytes(float32_weights=1000)).write(str(tmp_path / "export"))
+    (tmp_path / "metrics.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 0}))
+    assert result_row(Point("float"), str(tmp_path), 1000)["coded_bytes"] == 1000
+    with pytest.raises(ExportReportError, match="has no accuracy, bits_per_weight, bytes.cdlz_ans, bytes.tflite_int8"):
+        result_row(Point("tfmot8"), str(tmp_path), 1000)
