@@ -30,7 +30,7 @@ setup(
         "console_scripts": [
             "cdl-train=tools.train:run",
             "cdl-evaluate=tools.evaluate:run",
-            "cdl-bench=tools.benchmark:run",
+            "cdl-bench=tools.bench:run",
             "cdl-export=tflite_export.export:run",
             "cdl-decode=tflite_export.decode:run",
         ]

@@ -120,7 +120,7 @@ def test_cdl_train_runs_a_recipe_and_cdl_bench_reads_its_directory(finished, tmp
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"coded weights {summary['coded_bytes']:,} B" in done.stdout
-    bench = subprocess.run([sys.executable, "-m", "tools.benchmark", f"--runs={copy}", f"--outdir={tmp_path / 'b'}"],
+    bench = subprocess.run([sys.executable, "-m", "tools.bench", f"--runs={copy}", f"--outdir={tmp_path / 'b'}"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr[-3000:]
     with open(tmp_path / "b" / "results.json") as f:
