@@ -32,7 +32,7 @@ setup(
         "console_scripts": [
             "cdl-train=cdl_tf.tools.train:run",
             "cdl-evaluate=cdl_tf.tools.evaluate:run",
-            "cdl-bench=cdl_tf.tools.benchmark:run",
+            "cdl-bench=cdl_tf.tools.bench:run",
             "cdl-export=cdl_tf.tools.export:run",
             "cdl-decode=cdl_tf.tools.decode:run",
             "cdl-plot=cdl_tf.tools.plot:run",

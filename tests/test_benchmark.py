@@ -1,5 +1,5 @@
-"""Benchmark harness on a tiny sweep: one row per method, derived fields, plots, resume, PTQ coded size,
-seeds and their summary, paired comparison of runs."""
+"""The compression benchmark (cdl-bench) on a tiny sweep: one row per method, derived fields, plots, resume,
+PTQ coded size, seeds and their summary, lineage of tabulated runs, paired comparison of runs."""
 import json
 import math
 import os
@@ -8,14 +8,20 @@ import shutil
 import numpy as np
 import pytest
 
-from cdl_tf import aggregate, benchmark, coding
+from cdl_tf import aggregate, coding
+from cdl_tf.export_report import BitsPerWeight, ExportAccuracy, ExportBytes, ExportReport
+from cdl_tf.lineage import lineage
 from cdl_tf.plots import LEGEND_INSIDE_MAX, PLOTS, plot_results
+from cdl_tf.results import METHODS, BenchmarkError, Point, result_row
+from cdl_tf.results_markdown import paired_markdown
 from cdl_tf.run_config import read_run_config
 from cdl_tf.training import load_run
 from configs import lenet300_mnist
 from tflite_export.convert import TFLiteModel
+from cdl_tf.tools.paired_comparison import compare_runs
+from cdl_tf.tools.sweep import Sweep, _check_existing, point_config, quick_config, run_point, run_sweep, tabulate_runs
 
-SWEEP = benchmark.Sweep(bits=(4,), lambda_w=(0.05,), lambda_a=(0.005,))
+SWEEP = Sweep(bits=(4,), lambda_w=(0.05,), lambda_a=(0.005,))
 
 
 def tiny_config():
@@ -38,15 +44,15 @@ def bench(tmp_path_factory, data_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CDL_DATA_DIR", str(data_dir))
         outdir = str(tmp_path_factory.mktemp("bench"))
-        first = benchmark.run_benchmark(tiny_config(), SWEEP, outdir)
+        first = run_sweep(tiny_config(), SWEEP, outdir)
         mtimes = _mtimes(outdir)
-        second = benchmark.run_benchmark(tiny_config(), SWEEP, outdir)
+        second = run_sweep(tiny_config(), SWEEP, outdir)
         yield outdir, first, second, mtimes
 
 
 def test_one_row_per_method(bench):
     outdir, results, _, _ = bench
-    assert [r["method"] for r in results["rows"]] == list(benchmark.METHODS)
+    assert [r["method"] for r in results["rows"]] == list(METHODS)
     assert [r["point"] for r in results["rows"]] == [
         "float", "tfmot8", "ptq8", "ste_w4a4", "cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005"]
     with open(os.path.join(outdir, "results.json")) as f:
@@ -111,22 +117,22 @@ def test_changed_config_is_refused(bench, data_dir, monkeypatch):
     monkeypatch.setenv("CDL_DATA_DIR", str(data_dir))
     c = tiny_config()
     c.epochs = 2
-    with pytest.raises(benchmark.BenchmarkError, match=r"float holds a run with another config \(fields \['epochs'\]"):
-        benchmark.run_point(c, benchmark.Point("float"), outdir)
+    with pytest.raises(BenchmarkError, match=r"float holds a run with another config \(fields \['epochs'\]"):
+        run_point(c, Point("float"), outdir)
 
 
 def test_run_made_before_validation_size_existed_is_refused_for_a_split(tmp_path):
     # Its config has no validation_size: it trained on every training image, as validation_size=0 does.
     c = tiny_config()
-    old = json.loads(benchmark.point_config(c, benchmark.Point("float")).to_json())
+    old = json.loads(point_config(c, Point("float")).to_json())
     del old["validation_size"]
     workdir = tmp_path / "float"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps(old))
-    with pytest.raises(benchmark.BenchmarkError, match=r"another config \(fields \['validation_size'\]"):
-        benchmark.run_point(c, benchmark.Point("float"), str(tmp_path))
+    with pytest.raises(BenchmarkError, match=r"another config \(fields \['validation_size'\]"):
+        run_point(c, Point("float"), str(tmp_path))
     c.validation_size = 0
-    benchmark._check_existing(benchmark.point_config(c, benchmark.Point("float")), str(workdir))
+    _check_existing(point_config(c, Point("float")), str(workdir))
 
 
 def test_ptq_int8_weights_are_coded(bench):
@@ -148,26 +154,27 @@ def test_ptq_int8_weights_are_coded(bench):
             np.testing.assert_allclose(t.scales, q["scales"], rtol=1e-6)
     biases = [np.asarray(coded[n]) for n in coded if n not in quantized]
     assert sorted(b.size for b in biases) == [10, 100, 300]
-    with open(os.path.join(export, "export.json")) as f:
-        report = json.load(f)
-    assert ptq["coded_bytes"] == report["bytes"]["cdlz_ans"] < report["bytes"]["tflite_int8"]
-    assert report["bits_per_weight"]["ans_payload"] <= 1.01 * report["bits_per_weight"]["entropy"] + 0.01
+    report = ExportReport.read(export)
+    assert ptq["coded_bytes"] == report.bytes.cdlz_ans < report.bytes.tflite_int8
+    assert report.bits_per_weight.ans_payload <= 1.01 * report.bits_per_weight.entropy + 0.01
+    assert report.source == next(r["workdir"] for r in results["rows"] if r["method"] == "float")
+    assert {n: list(t.indices.shape) for n, t in quantized.items()} == {n: list(report.tensors[n]) for n in quantized}
 
 
 def test_quick_config_keeps_command_line_overrides():
-    c = benchmark.quick_config(lenet300_mnist.get_config(), {"epochs": 1, "optimizer.learning_rate": 0.01})
+    c = quick_config(lenet300_mnist.get_config(), {"epochs": 1, "optimizer.learning_rate": 0.01})
     assert (c.train_subset, c.test_subset, c.epochs, c.optimizer.learning_rate) == (8192, 2000, 1, 0.01)
-    assert benchmark.quick_config(lenet300_mnist.get_config()).epochs == 2
+    assert quick_config(lenet300_mnist.get_config()).epochs == 2
 
 
 def test_sweep_points_and_errors():
-    names = [p.name for p in benchmark.Sweep(bits=(2, 4), lambda_w=(0.01, 0.1), activation_bits=8).points()]
+    names = [p.name for p in Sweep(bits=(2, 4), lambda_w=(0.01, 0.1), activation_bits=8).points()]
     assert names[:3] == ["float", "tfmot8", "ptq8"] and len(names) == 3 + 2 * (1 + 2 * 2)
     assert "cdl_w2a8_lw0.1_la0.005" in names and "ste_w4a8" in names
-    with pytest.raises(benchmark.BenchmarkError, match="add 'float'"):
-        benchmark.Sweep(methods=("ptq8", "cdl"))
-    with pytest.raises(benchmark.BenchmarkError, match="unknown methods"):
-        benchmark.Sweep(methods=("int4",))
+    with pytest.raises(BenchmarkError, match="add 'float'"):
+        Sweep(methods=("ptq8", "cdl"))
+    with pytest.raises(BenchmarkError, match="unknown methods"):
+        Sweep(methods=("int4",))
 
 
 def test_finished_runs_tabulate_like_a_sweep(bench, tmp_path):
@@ -175,7 +182,7 @@ def test_finished_runs_tabulate_like_a_sweep(bench, tmp_path):
     by_point = {r["point"]: r for r in results["rows"]}
     runs = [os.path.join(outdir, p) for p in ("float", "tfmot8") + tuple(p for p in by_point if p.startswith("cdl"))]
     mtimes = _mtimes(outdir)
-    table = benchmark.tabulate_runs(runs, str(tmp_path))
+    table = tabulate_runs(runs, str(tmp_path))
     assert _mtimes(outdir) == mtimes  # finished runs are read, not retrained or re-exported
     rows = {r["point"]: r for r in table["rows"]}
     assert set(rows) == {os.path.basename(r) for r in runs} | {"ptq8"}
@@ -184,23 +191,23 @@ def test_finished_runs_tabulate_like_a_sweep(bench, tmp_path):
             assert row["accuracy"] == pytest.approx(by_point[name]["accuracy"])
             assert row["coded_bytes"] == by_point[name]["coded_bytes"]
     assert os.path.isfile(tmp_path / "results.md") and table["plots"]
-    with pytest.raises(benchmark.BenchmarkError, match="no run"):
-        benchmark.tabulate_runs([], str(tmp_path))
+    with pytest.raises(BenchmarkError, match="no run"):
+        tabulate_runs([], str(tmp_path))
 
 
 def test_weights_only_cdl_row_reports_calibrated_int8_activations(tmp_path):
-    export = {"accuracy": {"tflite_int8": 0.98}, "bytes": {"cdlz_ans": 2000, "tflite_int8": 9000},
-              "bits_per_weight": {"ans_payload": 0.05, "cdlz_ans_total": 0.06}}
     for quantize_activations in (True, False):
         run = tmp_path / str(quantize_activations)
         (run / "export").mkdir(parents=True)
+        ExportReport(workdir=str(run), bytes=ExportBytes(float32_weights=320_000, cdlz_ans=2000, tflite_int8=9000),
+                     bits_per_weight=BitsPerWeight(entropy=0.04, ans_payload=0.05, cdlz_ans_total=0.06),
+                     accuracy=ExportAccuracy(tflite_int8=0.98)).write(str(run / "export"))
         metrics = {"test_accuracy": 0.979, "train_time_s": 1.0, "bits_per_activation": 1.5,
                    "cdl": {"first_layer_bits": 8, "last_layer_bits": None,
                            "quantize_activations": quantize_activations}}
         (run / "metrics.json").write_text(json.dumps(metrics))
         (run / "config.json").write_text(json.dumps({"seed": 3}))
-        (run / "export" / "export.json").write_text(json.dumps(export))
-        row = benchmark.result_row(benchmark.Point("rcdl", 4, 4, 0.1, 0.0), str(run), 100_000)
+        row = result_row(Point("rcdl", 4, 4, 0.1, 0.0), str(run), 100_000)
         assert row["coded_bytes"] == 2000 and row["compression_ratio"] == 50.0
         assert row["seed"] == 3
         if quantize_activations:
@@ -210,15 +217,15 @@ def test_weights_only_cdl_row_reports_calibrated_int8_activations(tmp_path):
 
 
 def test_sweep_points_under_seeds():
-    points = benchmark.Sweep(bits=(4,), lambda_w=(0.1,), methods=("float", "ptq8", "cdl"), seeds=(0, 2)).points()
+    points = Sweep(bits=(4,), lambda_w=(0.1,), methods=("float", "ptq8", "cdl"), seeds=(0, 2)).points()
     assert [p.name for p in points] == ["float_seed0", "float_seed2", "ptq8_seed0", "ptq8_seed2",
                                         "cdl_w4a4_lw0.1_la0.005_seed0", "cdl_w4a4_lw0.1_la0.005_seed2"]
     assert [p.group for p in points] == ["float"] * 2 + ["ptq8"] * 2 + ["cdl_w4a4_lw0.1_la0.005"] * 2
-    assert benchmark.point_config(tiny_config(), points[-1]).seed == 2
-    assert benchmark.point_config(tiny_config(), benchmark.Point("float")).seed == tiny_config().seed
+    assert point_config(tiny_config(), points[-1]).seed == 2
+    assert point_config(tiny_config(), Point("float")).seed == tiny_config().seed
     for seeds in ((1, 1), (-1,)):
-        with pytest.raises(benchmark.BenchmarkError, match="seeds must be distinct and >= 0"):
-            benchmark.Sweep(seeds=seeds)
+        with pytest.raises(BenchmarkError, match="seeds must be distinct and >= 0"):
+            Sweep(seeds=seeds)
 
 
 def test_summary_mean_std_and_sem():
@@ -257,7 +264,7 @@ def test_exported_runs_compare_pairwise_on_their_test_set(bench, tmp_path):
     rows = {r["point"]: r for r in results["rows"]}
     cdl, rcdl, ste = (os.path.join(outdir, p) for p in ("cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005",
                                                           "ste_w4a4"))
-    paired = benchmark.compare_runs([(cdl, rcdl), (ste, cdl)], str(tmp_path))
+    paired = compare_runs([(cdl, rcdl), (ste, cdl)], str(tmp_path))
     first, second = paired["pairs"]
     assert first["accuracy_a"] == pytest.approx(rows["cdl_w4a4_lw0.05_la0.005"]["accuracy"])
     assert first["accuracy_b"] == pytest.approx(rows["rcdl_w4a4_lw0.05_la0.005"]["accuracy"])
@@ -266,15 +273,15 @@ def test_exported_runs_compare_pairwise_on_their_test_set(bench, tmp_path):
     assert paired["pooled"]["only_a"] == first["only_a"] + second["only_a"]
     with open(tmp_path / "paired.json") as f:
         assert json.load(f) == paired
-    assert benchmark.paired_markdown(paired).count("\n| ") == 2 + 1  # rows of the pairs and the pooled row
-    with pytest.raises(benchmark.BenchmarkError, match="no export/model.tflite"):
-        benchmark.compare_runs([(cdl, str(tmp_path))], str(tmp_path))
+    assert paired_markdown(paired).count("\n| ") == 2 + 1  # rows of the pairs and the pooled row
+    with pytest.raises(BenchmarkError, match="no export/model.tflite"):
+        compare_runs([(cdl, str(tmp_path))], str(tmp_path))
 
 
 def test_sweep_under_seeds_runs_each_point_per_seed(data_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("CDL_DATA_DIR", str(data_dir))
-    sweep = benchmark.Sweep(bits=(4,), lambda_w=(0.05,), methods=("float", "ptq8"), seeds=(0, 1))
-    results = benchmark.run_benchmark(tiny_config(), sweep, str(tmp_path))
+    sweep = Sweep(bits=(4,), lambda_w=(0.05,), methods=("float", "ptq8"), seeds=(0, 1))
+    results = run_sweep(tiny_config(), sweep, str(tmp_path))
     rows = results["rows"]
     assert [(r["point"], r["seed"], r["group"]) for r in rows] == [
         ("float_seed0", 0, "float"), ("float_seed1", 1, "float"), ("ptq8_seed0", 0, "ptq8"), ("ptq8_seed1", 1, "ptq8")]
@@ -302,28 +309,28 @@ def test_lineage_ignores_seeds_along_the_chain(tmp_path):
     parents = [_write_run(tmp_path / f"float{s}", seed=s) for s in (0, 1)]
     other_parent = _write_run(tmp_path / "float_lr", seed=0, lr=0.1)
     children = [_write_run(tmp_path / f"cdl{s}", seed=s, init_from=parents[s], verbose=0) for s in (0, 1)]
-    same = benchmark.lineage(children[0])
-    assert benchmark.lineage(children[1]) == same and same["init_from"] == benchmark.lineage(parents[0])
-    assert benchmark.lineage(_write_run(tmp_path / "cdl_lw", init_from=parents[0], cdl={"lambda_w": 1})) != same
-    assert benchmark.lineage(_write_run(tmp_path / "cdl_lr", init_from=other_parent)) != same
+    same = lineage(children[0])
+    assert lineage(children[1]) == same and same["init_from"] == lineage(parents[0])
+    assert lineage(_write_run(tmp_path / "cdl_lw", init_from=parents[0], cdl={"lambda_w": 1})) != same
+    assert lineage(_write_run(tmp_path / "cdl_lr", init_from=other_parent)) != same
     taught = [_write_run(tmp_path / f"kd{s}", seed=s, init_from=children[s], distill={"teacher": parents[1 - s]})
               for s in (0, 1)]
-    assert benchmark.lineage(taught[0]) == benchmark.lineage(taught[1])
+    assert lineage(taught[0]) == lineage(taught[1])
     gone = _write_run(tmp_path / "orphan", init_from=str(tmp_path / "deleted"))
-    assert benchmark.lineage(gone)["init_from"] == str(tmp_path / "deleted")
+    assert lineage(gone)["init_from"] == str(tmp_path / "deleted")
     # A config written before `augment` existed means its default: the same lineage.
     newer = _write_run(tmp_path / "cdl0_newer", seed=2, init_from=parents[0], augment="auto")
-    assert benchmark.lineage(newer) == same
-    assert benchmark.lineage(_write_run(tmp_path / "cdl0_shifted", init_from=parents[0], augment="on")) != same
+    assert lineage(newer) == same
+    assert lineage(_write_run(tmp_path / "cdl0_shifted", init_from=parents[0], augment="on")) != same
     assert read_run_config(parents[0]).augment == "auto" and read_run_config(newer).seed == 2
     # Also a field of the cdl section (written as {"lambda_w": 0.5} before it existed).
     exact = _write_run(tmp_path / "cdl0_exact", seed=3, init_from=parents[0], cdl={"lambda_w": 0.5,
                                                                                   "activation_count_sample": 0})
-    assert benchmark.lineage(exact) == same
+    assert lineage(exact) == same
     assert read_run_config(children[0]).cdl.activation_count_sample == 0
     sampled = _write_run(tmp_path / "cdl0_sampled", init_from=parents[0], cdl={"lambda_w": 0.5,
                                                                                "activation_count_sample": 64})
-    assert benchmark.lineage(sampled) != same
+    assert lineage(sampled) != same
 
 
 def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
@@ -335,7 +342,7 @@ def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
         config = json.load(f)
     with open(os.path.join(copy, "config.json"), "w") as f:
         json.dump({**config, "seed": 1}, f)
-    table = benchmark.tabulate_runs([os.path.join(outdir, "float"), cdl, copy], str(tmp_path / "report"))
+    table = tabulate_runs([os.path.join(outdir, "float"), cdl, copy], str(tmp_path / "report"))
     assert [r["point"] for r in table["rows"]] == ["float", "ptq8"] + ["cdl_w4a4_lw0.05_la0.005"] * 2
     assert table["rows"][1]["workdir"] == str(tmp_path / "report" / "ptq8_float")
     assert [(g["method"], g["n"], g["seeds"]) for g in table["summary"]] == [

@@ -115,12 +115,12 @@ def test_cdl_train_runs_a_recipe_and_cdl_bench_reads_its_directory(finished, tmp
                  for field, value in (("data_dir", data_dir), ("train_subset", 1024), ("test_subset", 500),
                                       ("epochs", 1), ("verbose", 0), ("validation_size", 500),
                                       ("bn_reestimate_steps", 2))]
-    done = subprocess.run([sys.executable, "-m", "tools.train", "--config=configs/lenet300_mnist.py:recipe",
+    done = subprocess.run([sys.executable, "-m", "cdl_tf.tools.train", "--config=configs/lenet300_mnist.py:recipe",
                            f"--workdir={copy}", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"coded weights {summary['coded_bytes']:,} B" in done.stdout
-    bench = subprocess.run([sys.executable, "-m", "tools.benchmark", f"--runs={copy}", f"--outdir={tmp_path / 'b'}"],
+    bench = subprocess.run([sys.executable, "-m", "cdl_tf.tools.bench", f"--runs={copy}", f"--outdir={tmp_path / 'b'}"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr[-3000:]
     with open(tmp_path / "b" / "results.json") as f:

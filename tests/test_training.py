@@ -118,7 +118,7 @@ def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
 
 
 def test_without_validation_split_and_config_of_an_older_run(tmp_path, data_dir):
-    from cdl_tf.benchmark import lineage
+    from cdl_tf.lineage import lineage
     from cdl_tf.run_config import read_run_config
 
     metrics = train_and_evaluate(small(lenet300_mnist, data_dir, mode="float", validation_size=0), str(tmp_path))

@@ -20,7 +20,8 @@ import tf_keras as keras
 from cdl_tf import coding
 from cdl_tf import data as cdl_data
 from cdl_tf.coded_model import apply_coded, coded_tensors, entropy_bound_bits
-from cdl_tf.io import atomic_write_bytes, atomic_write_json
+from cdl_tf.export_report import BitsPerWeight, ExportAccuracy, ExportBytes, ExportReport, KernelAccuracy
+from cdl_tf.io import atomic_write_bytes
 from cdl_tf.training import load_run
 from tflite_export.convert import KERNELS, TFLiteModel, to_tflite
 from tflite_export.graph import InferenceGraph
@@ -77,7 +78,7 @@ def _predicted_classes(predictors: Dict[str, Callable[[np.ndarray], np.ndarray]]
 
 def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8,
                    kernels: Sequence[str] = (), progress: bool = False) -> Dict[str, Any]:
-    """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json``.
+    """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json`` (an `ExportReport`).
 
     ``kernels``: LiteRT kernel sets besides the default on which the int8 model is also evaluated.
     ``progress``: show progress bars for the calibration and the test-set evaluation.
@@ -109,15 +110,15 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
                   **{f"TFLite int8 ({k})": TFLiteModel(int8, kernels=k) for k in kernels}}
     pred = _predicted_classes(predictors, x_test, progress=progress)
     keras_pred = pred["Keras Q_u"]
-    accuracy = {
-        "keras_q_u": float((keras_pred == y_test).mean()),
-        "tflite_int8": float((pred["TFLite int8"] == y_test).mean()),
-        "top1_agreement": float((keras_pred == pred["TFLite int8"]).mean()),
-        "tflite_float": float((pred["TFLite float"] == y_test).mean()),
-    }
-    for k in kernels:
-        accuracy[f"tflite_int8_{k}"] = float((pred[f"TFLite int8 ({k})"] == y_test).mean())
-        accuracy[f"top1_agreement_{k}"] = float((keras_pred == pred[f"TFLite int8 ({k})"]).mean())
+    accuracy = ExportAccuracy(
+        keras_q_u=float((keras_pred == y_test).mean()),
+        tflite_int8=float((pred["TFLite int8"] == y_test).mean()),
+        top1_agreement=float((keras_pred == pred["TFLite int8"]).mean()),
+        tflite_float=float((pred["TFLite float"] == y_test).mean()),
+        kernels={k: KernelAccuracy(tflite_int8=float((pred[f"TFLite int8 ({k})"] == y_test).mean()),
+                                   top1_agreement=float((keras_pred == pred[f"TFLite int8 ({k})"]).mean()))
+                 for k in kernels},
+    )
     quantized = [t for t in tensors.values() if isinstance(t, coding.QuantizedTensor)]
     n_weights = sum(t.indices.size for t in quantized)
     float_values = sum(np.asarray(t).size for t in tensors.values() if not isinstance(t, coding.QuantizedTensor))
@@ -125,24 +126,24 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
     index_bits = {
         name: 8 * coding.decode_bytes(blob).index_bytes for name, blob in (("ans", coded), ("huffman", huffman))
     }
-    report = {
-        "workdir": os.path.abspath(workdir),
-        "quantized_weights": int(n_weights),
-        "float_values": int(float_values),
-        "bytes": {
-            "tflite_float": len(float_model), "tflite_int8": len(int8),
-            "cdlz_ans": len(coded), "cdlz_huffman": len(huffman),
-            "entropy_bound_quantized": bound / 8, "float32_weights": 4 * (n_weights + float_values),
-        },
-        "bits_per_weight": {
-            "entropy": bound / n_weights,
-            "ans_payload": index_bits["ans"] / n_weights,
-            "huffman_payload": index_bits["huffman"] / n_weights,
-            "cdlz_ans_total": 8 * len(coded) / n_weights,
-        },
-        "test_examples": int(len(y_test)),
-        "accuracy": accuracy,
-        "int8_io": bool(int8_io),
-    }
-    atomic_write_json(os.path.join(out, "export.json"), report)
-    return report
+    report = ExportReport(
+        workdir=os.path.abspath(workdir),
+        quantized_weights=int(n_weights),
+        float_values=int(float_values),
+        bytes=ExportBytes(
+            tflite_float=len(float_model), tflite_int8=len(int8),
+            cdlz_ans=len(coded), cdlz_huffman=len(huffman),
+            entropy_bound_quantized=bound / 8, float32_weights=4 * (n_weights + float_values),
+        ),
+        bits_per_weight=BitsPerWeight(
+            entropy=bound / n_weights,
+            ans_payload=index_bits["ans"] / n_weights,
+            huffman_payload=index_bits["huffman"] / n_weights,
+            cdlz_ans_total=8 * len(coded) / n_weights,
+        ),
+        test_examples=int(len(y_test)),
+        accuracy=accuracy,
+        int8_io=bool(int8_io),
+    )
+    report.write(out)
+    return report.to_json()

@@ -108,7 +108,7 @@ def summarize(workdir: str) -> Dict[str, Any]:
     ``vs_float32`` divides the float model's float32 size by the coded size; ``vs_int8`` the size
     of the same tensors at one byte per quantized weight and four per other value by it.
     """
-    from cdl_tf.benchmark import float32_bytes
+    from cdl_tf.results import float32_bytes
     from cdl_tf.run_config import read_run_config
 
     with open(os.path.join(workdir, PIPELINE_FILE)) as f:

@@ -1,5 +1,7 @@
-"""Compression benchmark: CDL/R-CDL sweeps against float, TF-MOT 8-bit QAT, post-training int8
-and uniform QAT, with results.json, results.md and plots in --outdir.
+"""cdl-bench, the compression benchmark: CDL/R-CDL sweeps against float, TF-MOT 8-bit QAT,
+post-training int8 and uniform QAT (`tools/sweep.py`), with results.json, results.md and plots in
+--outdir; or the same table of finished runs (--runs), or paired comparisons of exported runs
+(--paired, `tools/paired_comparison.py`).
 
 cdl-bench --config=configs/lenet5_mnist.py --outdir=/tmp/bench --bits=2,4 --lambda_w=0.01,0.05 --config.epochs=8
 cdl-bench --quick --outdir=/tmp/bench_quick     # LeNet-300-100, 8192 images, 2 epochs, 2 lambdas
@@ -46,31 +48,34 @@ def main(argv):
     del argv
     import dataclasses
 
-    from cdl_tf import benchmark
+    from cdl_tf.results import BenchmarkError
+    from cdl_tf.results_markdown import markdown, paired_markdown
+    from cdl_tf.tools.sweep import QUICK_SWEEP, Sweep, quick_config, run_sweep, tabulate_runs
     from cdl_tf.tools.pipeline import final_run
 
     if FLAGS.runs:
-        print(benchmark.markdown(benchmark.tabulate_runs([final_run(d) for d in FLAGS.runs], FLAGS.outdir)))
+        print(markdown(tabulate_runs([final_run(d) for d in FLAGS.runs], FLAGS.outdir)))
         return
     if FLAGS.paired:
+        from cdl_tf.tools.paired_comparison import compare_runs
+
         pairs = [tuple(final_run(d) for d in item.split(":")) for item in FLAGS.paired]
         if any(len(pair) != 2 or not all(pair) for pair in pairs):
             raise app.UsageError(f"--paired: expected RUN_A:RUN_B items, got {FLAGS.paired}")
-        print(benchmark.paired_markdown(benchmark.compare_runs(pairs, FLAGS.outdir)))
+        print(paired_markdown(compare_runs(pairs, FLAGS.outdir)))
         return
-    sweep = benchmark.QUICK_SWEEP if FLAGS.quick else benchmark.Sweep()
+    sweep = QUICK_SWEEP if FLAGS.quick else Sweep()
     given = {"bits": _parse("bits", int), "lambda_w": _parse("lambda_w", float),
              "lambda_a": _parse("lambda_a", float), "methods": _parse("methods", str), "seeds": _parse("seeds", int)}
     try:
         sweep = dataclasses.replace(sweep, activation_bits=FLAGS.activation_bits,
                                     **{k: v for k, v in given.items() if v})
-    except benchmark.BenchmarkError as e:
+    except BenchmarkError as e:
         raise app.UsageError(str(e)) from e
     config = FLAGS.config
     if FLAGS.quick:
-        config = benchmark.quick_config(config, config_flags.get_override_values(FLAGS["config"]))
-    results = benchmark.run_benchmark(config, sweep, FLAGS.outdir)
-    print(benchmark.markdown(results))
+        config = quick_config(config, config_flags.get_override_values(FLAGS["config"]))
+    print(markdown(run_sweep(config, sweep, FLAGS.outdir)))
 
 
 def run():
