@@ -1,17 +1,35 @@
-"""cdl-tf: Coded Deep Learning for tf_keras and TF-MOT."""
-from cdl_tf import ops
-from cdl_tf.batchnorm import hard_quantization, reestimate_batchnorm
-from cdl_tf.callbacks import RateSchedule, SoftnessSchedule
-from cdl_tf.config import CDLConfig
-from cdl_tf.quantize import model_quantizers, quantize_annotate_layer, quantize_apply, quantize_model, quantize_scope
-from cdl_tf.quantize_config import CDLQuantizeConfig, CDLQuantizeScheme
-from cdl_tf.quantizers import CDLActivationQuantizer, CDLWeightQuantizer
-from cdl_tf.report import RateReport, TensorRate, hard_indices, rate_report
+"""cdl-tf: Coded Deep Learning for tf_keras and TF-MOT.
+
+The public names load on first use, so that importing a submodule that needs no TensorFlow
+(the command-line start-up in `cdl_tf.tools.cli`) does not load it.
+"""
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "CDLActivationQuantizer", "CDLConfig", "CDLQuantizeConfig", "CDLQuantizeScheme", "CDLWeightQuantizer",
-    "RateReport", "RateSchedule", "SoftnessSchedule", "TensorRate", "hard_indices", "hard_quantization",
-    "model_quantizers", "ops", "quantize_annotate_layer", "quantize_apply", "quantize_model", "quantize_scope",
-    "rate_report", "reestimate_batchnorm",
-]
+_PUBLIC = {
+    "ops": "cdl_tf.ops",
+    "hard_quantization": "cdl_tf.batchnorm", "reestimate_batchnorm": "cdl_tf.batchnorm",
+    "RateSchedule": "cdl_tf.callbacks", "SoftnessSchedule": "cdl_tf.callbacks",
+    "CDLConfig": "cdl_tf.config",
+    "model_quantizers": "cdl_tf.quantize", "quantize_annotate_layer": "cdl_tf.quantize",
+    "quantize_apply": "cdl_tf.quantize", "quantize_model": "cdl_tf.quantize", "quantize_scope": "cdl_tf.quantize",
+    "CDLQuantizeConfig": "cdl_tf.quantize_config", "CDLQuantizeScheme": "cdl_tf.quantize_config",
+    "CDLActivationQuantizer": "cdl_tf.quantizers", "CDLWeightQuantizer": "cdl_tf.quantizers",
+    "RateReport": "cdl_tf.report", "TensorRate": "cdl_tf.report", "hard_indices": "cdl_tf.report",
+    "rate_report": "cdl_tf.report",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'cdl_tf' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if module.__name__ == f"cdl_tf.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
