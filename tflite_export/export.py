@@ -25,10 +25,11 @@ T = TypeVar("T")
 
 
 def _load_run(workdir: str):
+    from cdl_tf.experiment_config import CDL_MODES
     from cdl_tf.training import load_run
 
     config, model = load_run(workdir)
-    if config.mode not in ("cdl", "rcdl", "ste"):
+    if config.mode not in CDL_MODES:
         raise ValueError(f"run {workdir!r} is a {config.mode} run; only CDL runs export to the CDL grid")
     return config, model
 
