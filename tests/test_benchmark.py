@@ -12,8 +12,10 @@ from cdl_tf import aggregate, benchmark, coding
 from cdl_tf.plots import LEGEND_INSIDE_MAX, PLOTS, plot_results
 from cdl_tf.run_config import read_run_config
 from cdl_tf.training import load_run
-from configs import lenet300_mnist
+from conftest import config_module
 from tflite_export.convert import TFLiteModel
+
+lenet300_mnist = config_module("lenet300_mnist")
 
 SWEEP = benchmark.Sweep(bits=(4,), lambda_w=(0.05,), lambda_a=(0.005,))
 

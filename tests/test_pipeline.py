@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from configs import lenet300_mnist
+from conftest import config_module
 from tools import pipeline
+
+lenet300_mnist = config_module("lenet300_mnist")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
