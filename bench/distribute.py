@@ -35,6 +35,7 @@ flags.DEFINE_string("data_dir", os.environ.get("CDL_DATA_DIR", ""), "Datasets di
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "distribute.json"), "Output JSON.")
 flags.DEFINE_integer("devices", None, "Internal: time steps on this many logical devices and print JSON.")
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CUTS = {"lenet5": ("lenet5_mnist", "conv2"), "resnet20": ("resnet20_cifar10", "stage2_block3_relu2")}
 
 
@@ -78,12 +79,15 @@ def measure(devices: int, batch_size: int, steps: int, warmup: int) -> dict:
 
 def communication(model: str, train_examples: int, data_dir: str) -> dict:
     """Broadcast and cut-activation bits of ``model`` after one brief epoch of CDL training."""
-    import importlib
+    import importlib.util
 
     from cdl_tf.training import train_and_evaluate
 
     config_name, cut = CUTS[model]
-    c = importlib.import_module(f"configs.{config_name}").get_config()
+    spec = importlib.util.spec_from_file_location(config_name, os.path.join(CONFIGS, f"{config_name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
     c.data_dir, c.train_subset, c.test_subset, c.epochs, c.verbose = data_dir, train_examples, 1000, 1, 0
     c.optimizer.warmup_epochs, c.rate_warmup_epochs, c.bn_reestimate_steps = 0, 0, 10
     c.split_at = cut

@@ -1,7 +1,8 @@
 """cdl-tf: Coded Deep Learning for tf_keras and TF-MOT.
 
-The public names load on first use, so that importing a submodule that needs no TensorFlow
-(the command-line start-up in `cdl_tf.tools.cli`) does not load it.
+The public names load their modules (and TensorFlow) on first use, so that what needs no
+TensorFlow imports without it: the experiment configs (`cdl_tf.experiment_config`,
+`cdl_tf.recipes`), which the command-line tools (`cdl_tf.tools.cli`) read before they start it.
 """
 import importlib
 from typing import Any

@@ -31,9 +31,8 @@ import tensorflow_model_optimization as tfmot
 from tf_keras.src.engine import base_layer_utils
 
 from cdl_tf import ops
+from cdl_tf.experiment_config import CDL_MODES as MODES, SOFTNESS_PARAMS
 
-MODES = ("cdl", "rcdl", "ste")
-SOFTNESS_PARAMS = ("kappa", "alpha")
 _MODE_VALUE = {"cdl": "sample", "rcdl": "soft", "ste": "nearest"}
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer

@@ -1,7 +1,8 @@
 """A finished run's config as written to its ``config.json``, read back.
 
-Fields of the training config (``configs/common.py``) added after runs were first written are
-absent from an older run's ``config.json`` and mean the values in `LATER_FIELDS`; every reader
+Fields of the training config added after runs were first written are absent from an older
+run's ``config.json`` and mean the values `ExperimentConfig.later_fields` gives
+(`cdl_tf.experiment_config`, where each such field declares its ``older`` value); every reader
 fills them in, so an older and a newer run of one recipe read alike.
 """
 from __future__ import annotations
@@ -10,20 +11,15 @@ import json
 import os
 from typing import Any, Dict, Mapping
 
-LATER_FIELDS: Dict[str, Any] = {
-    "final_kappa": 0.0,
-    "split_at": "",
-    "augment": "auto",
-    "validation_size": 0,  # older runs held out nothing: they trained on every training image
-    "cdl.activation_count_sample": 0,  # exact counts
-}
+from cdl_tf.experiment_config import ExperimentConfig
 
 
 def with_later_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """``config`` (a run's ``config.json``) with each field of `LATER_FIELDS` it lacks at its value
-    there; a dotted name is a field of a section (``cdl.X``), filled in where the section exists."""
+    """``config`` (a run's ``config.json``) with each later field it lacks at its older value; a
+    dotted name is a field of a section (``cdl.X``), filled in where the section exists."""
     config = json.loads(json.dumps(config))  # a deep copy, whatever mappings it holds
-    for name, value in LATER_FIELDS.items():
+    later = json.loads(json.dumps(ExperimentConfig.later_fields()))  # as config.json writes them
+    for name, value in later.items():
         *sections, field = name.split(".")
         node = config
         for section in sections:

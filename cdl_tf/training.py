@@ -33,91 +33,22 @@ import tensorflow_model_optimization as tfmot
 
 from cdl_tf import data as cdl_data
 from cdl_tf import models as cdl_models
-from cdl_tf.data.info import DATASETS
 from cdl_tf.batchnorm import reestimate_batchnorm
 from cdl_tf.callbacks import EpochLog, RateLogger, RateSchedule, SoftnessSchedule
 from cdl_tf.communication import activation_site, communication_report, write_summaries
 from cdl_tf.config import CDLConfig
 from cdl_tf.distillation import Distiller
-from cdl_tf.distribute import STRATEGIES, make_strategy
+from cdl_tf.distribute import make_strategy
+from cdl_tf.experiment_config import AUGMENT, CDL_MODES, ConfigError, ExperimentConfig, is_finished_run
 from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import model_quantizers, quantize_model, quantize_scope
 from cdl_tf.report import rate_report
 from cdl_tf.run_config import read_run_config
 
-MODES = ("float", "cdl", "rcdl", "ste", "tfmot8")
-CDL_MODES = ("cdl", "rcdl", "ste")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("cosine", "constant")
-AUGMENT = {"auto": None, "on": True, "off": False}  # config.augment -> make_dataset's `augment`
-
-
-class ConfigError(ValueError):
-    """A training config field is missing, out of range or unknown."""
-
-
-def _require(cond: bool, field: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config.{field}: {msg}")
-
-
 def validate_config(config) -> CDLConfig:
-    """Check every field before anything runs; returns the run's `CDLConfig`."""
-    c = config
-    _require(c.mode in MODES, "mode", f"must be one of {MODES}, got {c.mode!r}")
-    _require(c.model in cdl_models.MODELS, "model", f"unknown model {c.model!r}; known: {sorted(cdl_models.MODELS)}")
-    _require(c.dataset in DATASETS, "dataset", f"unknown dataset {c.dataset!r}; known: {sorted(DATASETS)}")
-    for field in ("epochs", "batch_size"):
-        v = c[field]
-        _require(isinstance(v, int) and v > 0, field, f"must be a positive integer, got {v!r}")
-    for field in ("train_subset", "test_subset", "bn_reestimate_steps", "rate_warmup_epochs"):
-        v = c[field]
-        _require(isinstance(v, int) and v >= 0, field, f"must be an integer >= 0, got {v!r}")
-    num_train = cdl_data.dataset_info(c.dataset).num_train
-    v = c.validation_size
-    _require(isinstance(v, int) and 0 <= v < num_train, "validation_size",
-             f"must be an integer in [0, {num_train}) ({c.dataset} has {num_train} training images), got {v!r}")
-    _require(c.train_subset <= num_train - v, "train_subset",
-             f"must be <= {num_train - v}, the training images left by validation_size={v}, got {c.train_subset}")
-    o = c.optimizer
-    _require(o.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {o.name!r}")
-    _require(o.schedule in SCHEDULES, "optimizer.schedule", f"must be one of {SCHEDULES}, got {o.schedule!r}")
-    _require(o.learning_rate > 0, "optimizer.learning_rate", f"must be > 0, got {o.learning_rate!r}")
-    _require(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay!r}")
-    _require(0 <= o.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {o.momentum!r}")
-    _require(isinstance(o.warmup_epochs, int) and 0 <= o.warmup_epochs < c.epochs, "optimizer.warmup_epochs",
-             f"must be an integer in [0, epochs), got {o.warmup_epochs!r}")
-    final_kappa = c.final_kappa
-    _require(final_kappa >= 0, "final_kappa", f"must be >= 0, got {final_kappa!r}")
-    _require(not final_kappa or (not c.cdl.train_softness and c.cdl.softness_param == "kappa"), "final_kappa",
-             "annealing kappa needs cdl.train_softness=False and cdl.softness_param='kappa'")
-    augment = c.augment
-    _require(augment in AUGMENT, "augment", f"must be one of {tuple(AUGMENT)}, got {augment!r}")
-    _require(c.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}, got {c.strategy!r}")
-    split_at = c.split_at
-    _require(isinstance(split_at, str), "split_at", f"must be a layer name or '', got {split_at!r}")
-    _require(not split_at or (c.mode in CDL_MODES and c.cdl.quantize_activations), "split_at",
-             "needs a CDL mode (cdl, rcdl, ste) with quantized activations")
-    _require("mode" not in c.cdl, "cdl.mode", "the training mode is config.mode")
-    _require(not c.init_from or os.path.isfile(os.path.join(c.init_from, "model.keras")), "init_from",
-             f"{c.init_from!r} holds no model.keras")
-    distill = c.get("distill")  # absent from configs of older runs
-    if distill and distill.teacher:
-        _require(_is_run(distill.teacher), "distill.teacher", f"{distill.teacher!r} is not a finished run "
-                 "(no config.json and model.keras)")
-        _require(0 < distill.weight <= 1, "distill.weight", f"must be in (0, 1], got {distill.weight!r}")
-        _require(distill.temperature > 0, "distill.temperature", f"must be > 0, got {distill.temperature!r}")
-        with open(os.path.join(distill.teacher, "config.json")) as f:
-            teacher = json.load(f)
-        _require(teacher["dataset"] == c.dataset, "distill.teacher",
-                 f"the teacher was trained on {teacher['dataset']!r}, this run on {c.dataset!r}")
-    try:
-        fields = c.cdl.to_dict()
-        for key in ("first_layer_bits", "last_layer_bits"):  # 0: same bits as the other layers
-            fields[key] = fields.get(key) or None
-        return CDLConfig.from_dict({**fields, "mode": c.mode if c.mode in CDL_MODES else "cdl", "seed": c.seed})
-    except ValueError as e:
-        raise ConfigError(f"config.cdl: {e}") from e
+    """Check every field (`ExperimentConfig.from_config`) before anything runs; returns the run's
+    `CDLConfig`."""
+    return CDLConfig.from_experiment(ExperimentConfig.from_config(config))
 
 
 def _optimizer(config, steps_per_epoch: int):
@@ -193,8 +124,8 @@ def _continue_cdl_run(qmodel: keras.Model, source: keras.Model, cdl_config: CDLC
 
 def _with_teacher(model: keras.Model, config, train) -> keras.Model:
     """``model``, or a `Distiller` of it if the config names a teacher run (built on a batch of ``train``)."""
-    distill = config.get("distill")
-    if not (distill and distill.teacher):
+    distill = config.distill
+    if not distill.teacher:
         return model
     _, teacher = load_run(distill.teacher)
     distiller = Distiller(model, teacher, distill.weight, distill.temperature)
@@ -341,21 +272,16 @@ def _split_metrics(model, split: str, dataset) -> Dict[str, Optional[float]]:
     return {f"{split}_accuracy": accuracy, f"{split}_error": 1.0 - accuracy, f"{split}_loss": float(results["loss"])}
 
 
-def _is_run(workdir: str) -> bool:
-    return all(os.path.isfile(os.path.join(workdir, f)) for f in ("config.json", "model.keras"))
-
-
 def load_run(workdir: str):
     """``(config, model)`` of a finished run: the architecture from its config, the weights from its file.
 
     TF-MOT's 8-bit models do not reload through `load_model`, so the model is rebuilt.
     """
-    if not _is_run(workdir):
+    if not is_finished_run(workdir):
         raise FileNotFoundError(f"{workdir!r} is not a finished run directory: no config.json and model.keras")
     config = read_run_config(workdir)
     config.init_from = ""  # the weights come from the run itself, not from where it started
-    if config.get("distill"):
-        config.distill.teacher = ""
+    config.distill.teacher = ""
     model = build_model(config, validate_config(config))
     model.load_weights(os.path.join(workdir, "model.keras"))
     return config, model

@@ -3,13 +3,14 @@
 cdl-train --config=configs/lenet5_mnist.py --workdir=/tmp/lenet5 [--config.mode=rcdl]
 
 Variants `float`, `small`, `small_hard` (`--config=configs/lenet5_mnist.py:small`): the
-three-run recipe of `common.small_model_recipe`.
+three-run recipe of `cdl_tf.recipes.small_model_recipe`.
 """
-from configs import common
+from cdl_tf.experiment_config import base_config
+from cdl_tf.recipes import small_model_recipe
 
 
 def get_config(variant: str = ""):
-    c = common.base_config()
+    c = base_config()
     c.model = "lenet5"
     c.dataset = "mnist"
     c.epochs = 15
@@ -20,7 +21,7 @@ def get_config(variant: str = ""):
     c.cdl.lambda_w = 0.02
     c.cdl.lambda_a = 0.005
     c.rate_warmup_epochs = 2
-    return common.small_model_recipe(
+    return small_model_recipe(
         c, variant,
         small=dict(lambda_w=0.5, weight_init_step_scale=3.0, learning_rate=3e-4, weight_decay=1e-4),
         hard=dict(lambda_w=1.5, learning_rate=3e-4),

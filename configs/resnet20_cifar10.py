@@ -5,13 +5,13 @@ cdl-train --config=configs/resnet20_cifar10.py --workdir=/tmp/resnet20
 Variants (`--config=configs/resnet20_cifar10.py:VARIANT`):
   float  the float model the CDL runs fine-tune (30 epochs).
 """
-from configs import common
+from cdl_tf.experiment_config import base_config, check_variant
 
 VARIANTS = ("", "float")
 
 
 def get_config(variant: str = ""):
-    c = common.base_config()
+    c = base_config()
     c.model = "resnet20"
     c.dataset = "cifar10"
     c.epochs = 20
@@ -26,7 +26,7 @@ def get_config(variant: str = ""):
     c.cdl.lambda_w = 0.01
     c.cdl.lambda_a = 0.002
     c.rate_warmup_epochs = 3
-    common.check_variant(variant, VARIANTS)
+    check_variant(variant, VARIANTS)
     if variant == "float":
         c.mode = "float"
         c.epochs = 30

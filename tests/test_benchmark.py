@@ -16,10 +16,12 @@ from cdl_tf.results import METHODS, BenchmarkError, Point, result_row
 from cdl_tf.results_markdown import paired_markdown
 from cdl_tf.run_config import read_run_config
 from cdl_tf.training import load_run
-from configs import lenet300_mnist
+from conftest import config_module
 from tflite_export.convert import TFLiteModel
 from cdl_tf.tools.paired_comparison import compare_runs
 from cdl_tf.tools.sweep import Sweep, _check_existing, point_config, quick_config, run_point, run_sweep, tabulate_runs
+
+lenet300_mnist = config_module("lenet300_mnist")
 
 SWEEP = Sweep(bits=(4,), lambda_w=(0.05,), lambda_a=(0.005,))
 

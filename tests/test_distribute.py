@@ -22,7 +22,9 @@ import cdl_tf
 from cdl_tf import communication, ops
 from cdl_tf.distribute import initialize_quantizers, make_strategy
 from cdl_tf.training import ConfigError, train_and_evaluate, validate_config
-from configs import lenet300_mnist
+from conftest import config_module
+
+lenet300_mnist = config_module("lenet300_mnist")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
@@ -121,9 +123,10 @@ print(json.dumps(out))
 # One worker of a multi-worker run: argv = workdir, JSON config overrides; cluster from TF_CONFIG.
 WORKER = r"""
 import json, sys
-from configs import lenet300_mnist
+sys.path.insert(0, "tests")
+from conftest import config_module
 from cdl_tf.training import train_and_evaluate
-c = lenet300_mnist.get_config()
+c = config_module("lenet300_mnist").get_config()
 for key, value in json.loads(sys.argv[2]).items():
     c[key] = value
 train_and_evaluate(c, sys.argv[1])

@@ -11,11 +11,14 @@ import cdl_tf
 from cdl_tf import coding
 from cdl_tf.coded_model import apply_coded, coded_tensors
 from cdl_tf.training import build_model, train_and_evaluate, validate_config
-from configs import lenet5_mnist, lenet300_mnist
+from conftest import config_module
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
 from tflite_export.export import eval_arrays, export_workdir
 from tflite_export.graph import RANGE_DIGITS, ExportError, InferenceGraph
+
+lenet5_mnist = config_module("lenet5_mnist")
+lenet300_mnist = config_module("lenet300_mnist")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from configs import lenet300_mnist
 from cdl_tf.tools import pipeline
+from conftest import config_module
+
+lenet300_mnist = config_module("lenet300_mnist")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 
 import cdl_tf
+from cdl_tf.experiment_config import CDL_MODES, MODES
+from cdl_tf.recipes import RECIPE_VARIANTS
 from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, train_and_evaluate, validate_config
-from configs import common, lenet300_mnist, lenet5_mnist, resnet20_cifar10
 from cdl_tf.tools.train import summary
+from conftest import config_module
+
+lenet300_mnist = config_module("lenet300_mnist")
+lenet5_mnist = config_module("lenet5_mnist")
+resnet20_cifar10 = config_module("resnet20_cifar10")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +90,7 @@ def test_unknown_cdl_field_and_cdl_mode_are_rejected(data_dir):
         validate_config(c)
 
 
-@pytest.mark.parametrize("mode", ["float", "cdl", "rcdl", "ste", "tfmot8"])
+@pytest.mark.parametrize("mode", MODES)
 def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
     c = small(lenet300_mnist, data_dir, mode=mode)
     metrics = train_and_evaluate(c, str(tmp_path))
@@ -101,7 +107,7 @@ def test_short_training_in_each_mode_writes_metrics(tmp_path, data_dir, mode):
     assert 0.5 < saved["validation_accuracy"] <= 1.0
     assert saved["validation_error"] == pytest.approx(1 - saved["validation_accuracy"])
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "config.json").is_file()
-    if mode in ("cdl", "rcdl", "ste"):
+    if mode in CDL_MODES:
         assert 0 < saved["bits_per_weight"] <= 8 and 0 < saved["bits_per_activation"] <= 8
         assert saved["quantized_weights"] == 784 * 300 + 300 * 100 + 100 * 10
         names = [row["name"] for row in saved["layers"]]
@@ -194,7 +200,7 @@ def test_cdl_run_continues_in_another_mode(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("module,variant", [(m, v) for m in (lenet5_mnist, lenet300_mnist)
-                                            for v in common.RECIPE_VARIANTS]
+                                            for v in RECIPE_VARIANTS]
                          + [(resnet20_cifar10, v) for v in resnet20_cifar10.VARIANTS])
 def test_every_config_variant_validates(module, variant):
     from cdl_tf.tools import pipeline

@@ -20,6 +20,7 @@ import tf_keras as keras
 from cdl_tf import coding
 from cdl_tf import data as cdl_data
 from cdl_tf.coded_model import apply_coded, coded_tensors, entropy_bound_bits
+from cdl_tf.experiment_config import CDL_MODES
 from cdl_tf.export_report import BitsPerWeight, ExportAccuracy, ExportBytes, ExportReport, KernelAccuracy
 from cdl_tf.io import atomic_write_bytes
 from cdl_tf.training import load_run
@@ -31,7 +32,7 @@ T = TypeVar("T")
 
 def _load_run(workdir: str):
     config, model = load_run(workdir)
-    if config.mode not in ("cdl", "rcdl", "ste"):
+    if config.mode not in CDL_MODES:
         raise ValueError(f"run {workdir!r} is a {config.mode} run; only CDL runs export to the CDL grid")
     return config, model
 

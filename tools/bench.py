@@ -13,12 +13,15 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-import configs
 from cdl_tf.tools import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(configs.__file__), "lenet300_mnist.py"),
-                                "Base experiment config (configs/*.py); every point overrides mode, bits, lambdas.",
+# The repository's configs/ (an installed copy ships none: then give --config).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                              "lenet300_mnist.py")
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                "Base experiment config file (configs/*.py; default: the repository's "
+                                "configs/lenet300_mnist.py); every point overrides mode, bits, lambdas.",
                                 lock_config=True)
 flags.DEFINE_string("outdir", None, "Output directory: one run directory per point, results.json/.md, plots.")
 flags.DEFINE_bool("quick", False, "Reduced sweep: 8192 training images, 2 epochs, 4 bits, 2 lambda_w.")
@@ -72,6 +75,8 @@ def main(argv):
                                     **{k: v for k, v in given.items() if v})
     except BenchmarkError as e:
         raise app.UsageError(str(e)) from e
+    if not FLAGS["config"].present and not os.path.isfile(DEFAULT_CONFIG):
+        raise app.UsageError(f"--config: the default {DEFAULT_CONFIG} does not exist; give a config file")
     config = FLAGS.config
     if FLAGS.quick:
         config = quick_config(config, config_flags.get_override_values(FLAGS["config"]))

@@ -9,7 +9,8 @@ from ml_collections import config_flags
 from cdl_tf.tools import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]); its fields, "
+                                "their defaults and checks: cdl_tf/experiment_config.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (created; an interrupted run there resumes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
