@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Dict, Mapping
 
+import ml_collections
+
 from cdl_tf.experiment_config import ExperimentConfig
 
 
@@ -31,7 +33,5 @@ def with_later_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 def read_run_config(workdir: str):
     """The ``ml_collections.ConfigDict`` of the run in ``workdir`` (`with_later_fields`)."""
-    import ml_collections
-
     with open(os.path.join(workdir, "config.json")) as f:
         return ml_collections.ConfigDict(with_later_fields(json.load(f)))

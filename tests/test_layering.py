@@ -8,8 +8,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Above each package: what it must not import. tools/ installs as cdl_tf.tools.
 FORBIDDEN = {"cdl_tf": ("tflite_export", "tools", "cdl_tf.tools"), "tflite_export": ("tools", "cdl_tf.tools")}
-# Imported inside functions where they are optional or slow to load.
-DEFERRED = ("tensorflow_datasets", "matplotlib")
+# Imported inside functions where they are optional or slow to load: TFDS and matplotlib, and
+# the datasets (TensorFlow) from the experiment config, which the tools read before TensorFlow starts.
+DEFERRED = ("tensorflow_datasets", "matplotlib", "cdl_tf.data")
 
 
 def _sources(package: str):
