@@ -13,15 +13,15 @@ columns cost ``sum_k -log2 p(x_k)`` bits; as a multiset they cost
 ``m_t`` the multiplicities of the distinct columns: the second term is the information in
 the order of ``n`` items with those repetitions, which the encoder takes back from the ANS
 stack by *decoding* each choice of the next column from it (bits-back coding; for multisets
-Severo et al., "Compressing multisets with large alphabets", 2022). With ``R`` the multiset
-in canonical order and ``[a, a + m)`` the positions of the columns equal to ``x`` in ``R``:
+Severo et al., "Compressing multisets with large alphabets", 2022). With ``S`` the multiset
+in canonical order and ``[a, a + m)`` the positions of the columns equal to ``x`` in ``S``:
 
-    encoder, R = all columns, for size = n, n-1, ..., 1:
+    encoder, S = all columns, for size = n, n-1, ..., 1:
         j <- pop Uniform(size)                  # the choice of the next column (size > 1)
-        x = R[j];  push j - a with Uniform(m)   # which of the m equal columns (m > 1)
-        remove R[j];  push x's r symbols under p
-    decoder, R = {}, for size = 1, 2, ..., n:
-        x <- pop r symbols under p;  insert x into R
+        x = S[j];  push j - a with Uniform(m)   # which of the m equal columns (m > 1)
+        remove S[j];  push x's r symbols under p
+    decoder, S = {}, for size = 1, 2, ..., n:
+        x <- pop r symbols under p;  insert x into S
         o <- pop Uniform(m)                     # m > 1
         push a + o with Uniform(size)           # size > 1
 
@@ -42,7 +42,7 @@ import numpy as np
 from cdl_tf.coding.coders import ans_model, guarded, payload_to_words, words_to_payload
 from cdl_tf.coding.errors import FormatError
 
-MAX_COLUMNS = 1 << 14  # the coders keep R as a sorted list: O(n^2) moves per tensor
+MAX_COLUMNS = 1 << 14  # the coders keep S as a sorted list: O(n^2) moves per tensor
 
 
 def column_order(matrix: np.ndarray, zero: float = 0) -> np.ndarray:
