@@ -919,6 +919,23 @@ def test_reader_rejects_bad_unordered_tensors(data, message):
         decode_bytes(data)
 
 
+def test_columns_coded_as_multisets_are_limited_per_file(monkeypatch):
+    """The reader refuses more than MAX_FILE_COLUMNS of them in a file, and the writer codes the
+    tensors beyond the limit in order."""
+    rng = np.random.default_rng(5)
+    tensors = {name: QuantizedTensor(canonical(skewed_indices(rng, (30, n), -7, 7, "geometric")), -7, 7, 0.1)
+               for name, n in (("a", 20), ("b", 30))}
+    data = encode_bytes(tensors)
+    assert decode_bytes(data).unordered("a") and decode_bytes(data).unordered("b")
+    monkeypatch.setattr(multiset, "MAX_FILE_COLUMNS", 40)
+    with pytest.raises(FormatError, match="tensor 'b': 50 columns coded as multisets in the file exceed the limit 40"):
+        decode_bytes(data)
+    f = decode_bytes(encode_bytes(tensors))
+    assert f.unordered("a") and not f.unordered("b")
+    for name, t in tensors.items():
+        assert_same(t, f[name])
+
+
 def test_version_4_sample_has_kinds_4_and_5():
     f = SAMPLE_FILES[-1]
     assert f.version == 4 and f.unordered("conv/kernel") and f.unordered("fc/kernel")

@@ -42,7 +42,8 @@ import numpy as np
 from cdl_tf.coding.coders import ans_model, guarded, payload_to_words, words_to_payload
 from cdl_tf.coding.errors import FormatError
 
-MAX_COLUMNS = 1 << 14  # the coders keep S as a sorted list: O(n^2) moves per tensor
+MAX_COLUMNS = 1 << 14  # per tensor: the coders keep S as a sorted list, O(n^2) moves
+MAX_FILE_COLUMNS = 1 << 20  # per file: each column is a few constriction calls from Python
 
 
 def column_order(matrix: np.ndarray, zero: float = 0) -> np.ndarray:

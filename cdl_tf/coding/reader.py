@@ -170,7 +170,7 @@ def _parse_header(reader: ByteReader, version: int, coder_id: int, max_elements:
     metadata = _parse_metadata(reader)
     entries: list[TensorEntry] = []
     names: set[str] = set()
-    total = 0
+    total = columns = 0  # elements; columns coded as multisets
     for index in range(count):
         name = _parse_name(reader, index)
         if name in names:
@@ -189,6 +189,13 @@ def _parse_header(reader: ByteReader, version: int, coder_id: int, max_elements:
             entries.append(TensorEntry(name, kind, shape, size, size * FLOAT_KINDS[kind].itemsize))
         else:
             entries.append(_parse_quantized(reader, name, shape, size, coder_id, kind))
+        if kind in UNORDERED_KINDS:
+            columns += entries[-1].coded_shape[1]
+            if columns > multiset.MAX_FILE_COLUMNS:
+                raise FormatError(
+                    f"tensor {name!r}: {columns} columns coded as multisets in the file exceed the limit "
+                    f"{multiset.MAX_FILE_COLUMNS}"
+                )
     return metadata, entries
 
 

@@ -88,10 +88,12 @@ def encode_bytes(
     lossy = False
     payloads: list[bytes] = []
     version = 3  # unless a kind needs a later one
+    columns_left = multiset.MAX_FILE_COLUMNS if max_version > 3 else 0  # to code as multisets
     for name, tensor in tensors.items():
         _write_name(header, name)
         if isinstance(tensor, QuantizedTensor):
-            kind, payload = _write_quantized(header, name, tensor, coder, max_version > 3)
+            kind, payload, columns = _write_quantized(header, name, tensor, coder, columns_left)
+            columns_left -= columns
             payloads.append(payload)
         else:
             kind, stored = _float_storage(name, tensor, float_dtype)
@@ -164,10 +166,11 @@ def _write_shape(header: ByteWriter, name: str, shape: tuple[int, ...]) -> None:
 
 
 def _write_quantized(
-    header: ByteWriter, name: str, tensor: QuantizedTensor, coder: coders.Coder, unordered: bool
-) -> tuple[int, bytes]:
-    """The smallest of kinds 0, 3 (live masks) and, if ``unordered``, 4 and 5; returns the kind and payload."""
-    encodings = []  # (kind, fields after the scales, payload), earlier kinds first
+    header: ByteWriter, name: str, tensor: QuantizedTensor, coder: coders.Coder, max_columns: int
+) -> tuple[int, bytes, int]:
+    """The smallest of kinds 0, 3 (live masks) and, for at most ``max_columns`` coded columns, 4 and 5;
+    returns the kind, the payload and the columns coded as a multiset."""
+    encodings = []  # (kind, fields after the scales, payload, columns as a multiset), earlier kinds first
     for kind, masks, matrix in _layouts(tensor):
         used_lo, counts = coders.frequency_table(matrix)
         if counts.size > MAX_TABLE_SIZE:
@@ -175,15 +178,15 @@ def _write_quantized(
                 f"tensor {name!r}: used index range has {counts.size} values, limit {MAX_TABLE_SIZE}"
             )
         symbols = matrix.astype(np.int64) - used_lo
-        payloads = {kind: coders.encode_symbols(symbols.reshape(-1), counts, coder)}
-        if unordered and (payload := _multiset_payload(symbols, counts, -used_lo, coder)):
-            payloads[KIND_UNORDERED if kind == KIND_QUANTIZED else KIND_MASKED_UNORDERED] = payload
-        for coded_kind, payload in payloads.items():
+        payloads = {kind: (coders.encode_symbols(symbols.reshape(-1), counts, coder), 0)}
+        if payload := _multiset_payload(symbols, counts, -used_lo, coder, max_columns):
+            payloads[KIND_UNORDERED if kind == KIND_QUANTIZED else KIND_MASKED_UNORDERED] = payload, symbols.shape[1]
+        for coded_kind, (payload, columns) in payloads.items():
             fields = ByteWriter()
             fields.raw(masks)
             _write_table(fields, used_lo, counts, coder, payload)
-            encodings.append((coded_kind, fields.getvalue(), payload))
-    kind, fields, payload = min(encodings, key=lambda e: len(e[1]) + len(e[2]))  # the first of the smallest
+            encodings.append((coded_kind, fields.getvalue(), payload, columns))
+    kind, fields, payload, columns = min(encodings, key=lambda e: len(e[1]) + len(e[2]))  # the first of the smallest
     header.u8(kind)
     _write_shape(header, name, tensor.shape)
     header.zigzag(tensor.lo)
@@ -195,7 +198,7 @@ def _write_quantized(
         header.u8(1)
         header.raw(tensor.scales.astype("<f4").tobytes())
     header.raw(fields)
-    return kind, payload
+    return kind, payload, columns
 
 
 def _layouts(tensor: QuantizedTensor) -> list[tuple[int, bytes, np.ndarray]]:
@@ -212,11 +215,13 @@ def _layouts(tensor: QuantizedTensor) -> list[tuple[int, bytes, np.ndarray]]:
     return layouts
 
 
-def _multiset_payload(symbols: np.ndarray, counts: np.ndarray, zero: int, coder: coders.Coder) -> bytes:
+def _multiset_payload(symbols: np.ndarray, counts: np.ndarray, zero: int, coder: coders.Coder,
+                      max_columns: int) -> bytes:
     """The payload of a symbol matrix's columns coded as a multiset, ``zero`` the symbol of index 0;
-    ``b""`` where kinds 4 and 5 do not apply: Huffman, fewer than two axes or distinct symbols, too
-    many columns, columns not in canonical order, or an empty multiset payload."""
-    if (coder != "ans" or symbols.ndim != 2 or not 1 <= symbols.shape[1] <= multiset.MAX_COLUMNS
+    ``b""`` where kinds 4 and 5 do not apply: Huffman, fewer than two axes or distinct symbols, more
+    than ``max_columns`` or `multiset.MAX_COLUMNS` columns, columns not in canonical order, or an
+    empty multiset payload."""
+    if (coder != "ans" or symbols.ndim != 2 or not 1 <= symbols.shape[1] <= min(max_columns, multiset.MAX_COLUMNS)
             or not coders.needs_payload(counts)):
         return b""
     if not np.array_equal(multiset.column_order(symbols, zero), np.arange(symbols.shape[1])):
