@@ -789,6 +789,11 @@ def test_canonical_column_order():
     assert multiset.order_bits(x) == pytest.approx(math.log2(math.factorial(6) / (2 * 2)))
     with pytest.raises(ValueError, match="2-D"):
         multiset.column_order(np.zeros(3))
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # is_canonical, from adjacent columns, agrees with the sort
+        y = rng.integers(-1, 2, size=(int(rng.integers(1, 4)), int(rng.integers(1, 7))))
+        y = y[:, multiset.column_order(y)] if rng.random() < 0.5 else y
+        assert multiset.is_canonical(y) == np.array_equal(multiset.column_order(y), np.arange(y.shape[1])), y
 
 
 @st.composite

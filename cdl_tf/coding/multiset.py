@@ -59,6 +59,24 @@ def column_order(matrix: np.ndarray, zero: float = 0) -> np.ndarray:
     return np.lexsort((*matrix[::-1], ~(matrix != zero).any(axis=0)))
 
 
+def is_canonical(matrix: np.ndarray, zero: float = 0) -> bool:
+    """Whether the columns of a 2-D array are in canonical order (`column_order` is the identity),
+    from adjacent columns alone: no all-``zero`` column before another, and each other column at
+    most the next one at the first row where they differ."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got shape {matrix.shape}")
+    if matrix.shape[1] < 2:
+        return True
+    dead = ~(matrix != zero).any(axis=0)
+    left, right = matrix[:, :-1], matrix[:, 1:]
+    differ = left != right
+    first = differ.argmax(axis=0)
+    pairs = np.arange(left.shape[1])
+    ordered = ~differ.any(axis=0) | (left[first, pairs] < right[first, pairs])
+    return bool(np.all(~(dead[:-1] & ~dead[1:]) & (dead[1:] | ordered)))
+
+
 def order_bits(matrix: np.ndarray) -> float:
     """``log2(n! / prod_t m_t!)``: the bits in the order of a 2-D array's ``n`` columns,
     ``m_t`` the multiplicities of its distinct columns."""
@@ -105,9 +123,9 @@ def encode_columns(symbols: np.ndarray, counts: np.ndarray, zero: int) -> bytes:
         raise ValueError("counts is not the histogram of symbols")
     if np.count_nonzero(counts) < 2:
         raise ValueError("a multiset payload needs at least two distinct symbols")
-    remaining = [_key(column, zero) for column in symbols.T]
-    if any(a > b for a, b in zip(remaining, remaining[1:])):
+    if not is_canonical(symbols, zero):
         raise ValueError("the columns are not in canonical order (see column_order)")
+    remaining = [_key(column, zero) for column in symbols.T]
     model = ans_model(counts)
     ans = constriction.stream.stack.AnsCoder()
     for size in range(len(remaining), 0, -1):

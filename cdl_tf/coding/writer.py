@@ -224,7 +224,7 @@ def _multiset_payload(symbols: np.ndarray, counts: np.ndarray, zero: int, coder:
     if (coder != "ans" or symbols.ndim != 2 or not 1 <= symbols.shape[1] <= min(max_columns, multiset.MAX_COLUMNS)
             or not coders.needs_payload(counts)):
         return b""
-    if not np.array_equal(multiset.column_order(symbols, zero), np.arange(symbols.shape[1])):
+    if not multiset.is_canonical(symbols, zero):
         return b""
     return multiset.encode_columns(symbols, counts, zero)
 
