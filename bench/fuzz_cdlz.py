@@ -1,6 +1,7 @@
 """Random-mutation fuzzing of the ``.cdlz`` reader.
 
-Builds a few valid files (both coders, every tensor kind, scales, metadata),
+Builds a few valid files (both coders, every tensor kind, scales, metadata; one of
+version 4, whose kernels' columns are coded as multisets),
 applies ``--n`` random mutations with a fixed seed and decodes each result with
 ``decode_bytes``. Every outcome must be either a :class:`FormatError` or a
 successful decode; any other exception is a reader bug and makes the script exit
@@ -29,6 +30,7 @@ import numpy as np
 
 from cdl_tf.coding import FormatError, QuantizedTensor, decode_bytes, encode_bytes
 from cdl_tf.coding.format import HEADER_LEVEL, HEADER_WBITS
+from cdl_tf.coding.multiset import column_order
 from cdl_tf.coding.wire import ByteReader, encode_varint
 from cdl_tf.io import atomic_write_json
 
@@ -41,14 +43,19 @@ def base_files(rng: np.random.Generator) -> list[bytes]:
         x = (rng.geometric(p, size=shape) - 1) * rng.choice([-1, 1], size=shape)
         return np.clip(x, lo, hi)
 
-    def sparse(shape, lo, hi):
+    def sparse(shape, lo, hi, live=(5, 3)):
         """Non-zero indices only in a few rows (leading axes) and columns (last axis)."""
         x = np.zeros(shape, np.int64).reshape(-1, shape[-1])
-        rows = rng.choice(x.shape[0], 5, replace=False)
-        cols = rng.choice(x.shape[1], 3, replace=False)
-        x[np.ix_(rows, cols)] = geometric((5, 3), lo, hi, 0.5)
+        rows = rng.choice(x.shape[0], live[0], replace=False)
+        cols = rng.choice(x.shape[1], live[1], replace=False)
+        x[np.ix_(rows, cols)] = geometric(live, lo, hi, 0.5)
         x[rows[0], cols[0]] = 1  # at least one non-zero
         return x.reshape(shape)
+
+    def canonical(x):
+        """Columns (last axis) in the canonical order that kinds 4 and 5 decode to."""
+        matrix = x.reshape(-1, x.shape[-1])
+        return matrix[:, column_order(matrix)].reshape(x.shape)
 
     tensors = {
         "conv1/kernel": QuantizedTensor(geometric((5, 5, 1, 6), -7, 7, 0.6), -7, 7, 0.05),
@@ -59,8 +66,14 @@ def base_files(rng: np.random.Generator) -> list[bytes]:
         "scalar": np.float32(3.5),
         "sparse/kernel": QuantizedTensor(sparse((60, 4, 20), -7, 7), -7, 7, 0.2),  # stored with live masks
     }
+    canonical_tensors = {
+        "conv1/kernel": QuantizedTensor(canonical(geometric((5, 5, 1, 16), -7, 7, 0.5)), -7, 7, 0.05),  # kind 4
+        "fc1/kernel": QuantizedTensor(canonical(sparse((200, 30), -7, 7, live=(20, 12))), -7, 7, 0.1),  # kind 5
+        "fc1/bias": rng.normal(size=30).astype(np.float32),
+    }
     return [
         encode_bytes(tensors, coder="ans", metadata={"model": "fuzz", "seed": 1}),
+        encode_bytes(canonical_tensors, coder="ans", metadata={"model": "canonical"}),
         encode_bytes(tensors, coder="huffman"),
         encode_bytes(tensors, coder="ans", float_dtype="float16"),
         encode_bytes({"w": QuantizedTensor(geometric((300,), -3, 3, 0.9), -3, 3, 0.5)}, coder="huffman"),

@@ -21,7 +21,7 @@ from cdl_tf.coding import (
     read,
     write,
 )
-from cdl_tf.coding import coders, reader, writer
+from cdl_tf.coding import coders, multiset, reader, writer
 from cdl_tf.coding.format import MAX_HEADER_BYTES
 from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN
 from cdl_tf.coding.wire import ByteReader, ByteWriter, encode_varint, zigzag_decode, zigzag_encode
@@ -72,6 +72,8 @@ def quantized_tensors(draw) -> QuantizedTensor:
     kind = draw(st.sampled_from(["geometric", "near_deterministic", "deterministic", "uniform"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     indices = skewed_indices(rng, shape, lo, hi, kind)
+    if len(shape) >= 2 and indices.size and draw(st.booleans()):
+        indices = canonical(indices)  # the writer may code the columns as a multiset
     dtype = draw(st.sampled_from([np.int64, np.int32]))
     if lo >= -128 and hi <= 127:
         dtype = draw(st.sampled_from([np.int8, np.int16, dtype]))
@@ -177,12 +179,14 @@ def quantized_header(
     payload_len: int | None = None,
     scales=None,
     masks: tuple[bytes, bytes] | None = None,
+    unordered: bool = False,
 ) -> bytes:
-    """A tensor header (section 3.2) written by hand, field by field; kind 3 with ``masks``."""
+    """A tensor header (section 3.2) written by hand, field by field; kind 3 with ``masks``, 4 if
+    ``unordered``, 5 with both."""
     w = ByteWriter()
     w.varint(len(name.encode()))
     w.raw(name.encode())
-    w.u8(0 if masks is None else 3)
+    w.u8({(False, False): 0, (True, False): 3, (False, True): 4, (True, True): 5}[masks is not None, unordered])
     w.varint(len(shape))
     for d in shape:
         w.varint(d)
@@ -229,8 +233,15 @@ def sparse_indices(rng: np.random.Generator, shape, live_rows: int, live_cols: i
     return x.reshape(shape)
 
 
+def canonical(x: np.ndarray) -> np.ndarray:
+    """``x`` with its columns (last axis; leading axes flattened into rows) in canonical order."""
+    matrix = x.reshape(-1, x.shape[-1])
+    return matrix[:, multiset.column_order(matrix)].reshape(x.shape)
+
+
 def sample_files() -> list[bytes]:
-    """Small valid files covering every kind, both coders, scales and metadata."""
+    """Small valid files covering every kind, both coders, scales and metadata (the last one, of
+    version 4, the kinds whose columns are a multiset)."""
     rng = np.random.default_rng(7)
     tensors = {
         "conv/kernel": QuantizedTensor(skewed_indices(rng, (3, 3, 2, 4), -7, 7, "geometric"), -7, 7, 0.05),
@@ -243,11 +254,18 @@ def sample_files() -> list[bytes]:
         "sparse/kernel": QuantizedTensor(sparse_indices(rng, (30, 2, 40), 4, 3), -7, 7, 0.1),
     }
     half = {"w": QuantizedTensor(skewed_indices(rng, (64,), -3, 3, "uniform"), -3, 3, 0.25), "b": np.ones(3, np.float32)}
+    unordered = {
+        "conv/kernel": QuantizedTensor(canonical(skewed_indices(rng, (3, 3, 2, 12), -7, 7, "geometric")), -7, 7, 0.05),
+        "fc/kernel": QuantizedTensor(canonical(sparse_indices(rng, (40, 24), 6, 14)), -7, 7, 0.1, rng.uniform(0.5, 2, 24)),
+        "fc/bias": rng.normal(size=24).astype(np.float32),
+        "logits/kernel": QuantizedTensor(skewed_indices(rng, (24, 5), -7, 7, "geometric"), -7, 7, 0.2),
+    }
     return [
         encode_bytes(tensors, coder="ans", metadata={"model": "tiny", "step": 3}),
         encode_bytes(tensors, coder="huffman"),
         encode_bytes(half, coder="ans", float_dtype="float16"),
         encode_bytes(half, coder="huffman", metadata={"ü": [1, 2]}),
+        encode_bytes(unordered, coder="ans", metadata={"model": "canonical"}),
     ]
 
 
@@ -561,7 +579,7 @@ def test_one_tensor_helper_is_valid():
         (b"CDL", "too short"),
         (b"XDLZ" + SAMPLES[0][4:], "magic"),
         (b"CDLZ\x01" + SAMPLES[0][5:], "version"),
-        (b"CDLZ\x04" + SAMPLES[0][5:], "version"),
+        (b"CDLZ\x05" + SAMPLES[0][5:], "version"),
         (b"CDLZ\x00" + SAMPLES[0][5:], "version"),
         (b"CDLZ\x03\x80" + SAMPLES[0][6:], "flags"),
         (b"CDLZ\x03\x00\x07" + SAMPLES[0][7:], "coder"),
@@ -729,6 +747,206 @@ def test_live_masks_are_used_only_where_smaller(coder, monkeypatch):
             assert with_masks[name] == without
 
 
+# ------------------------------------------------------------------- columns as a multiset (version 4)
+
+# A file of the previous writer (version 3): kind 0 conv/kernel, kind 3 fc/kernel, a float bias.
+VERSION_3_FILE = bytes.fromhex(
+    "43444c5a03000199016d636316a9562a4acc4b4f2d56b28a8e36d031d4338d8dade54ececf2bd3cf4e2dca4bcd61606164"
+    "6262e2e5636060b0636064646664666664e54c4b864a333369f08025ed19849a1c049a9672327272b1b2b0b0b2307080287"
+    "176a0d2a4ccc462464656009a1380f3134ccf52f57db48677ad3934979470e1b0b9d309ca0c8d040000803e0000c0bf0000"
+    "0000000040400000803f1a54d838"
+)
+
+
+def test_version_3_file_of_the_previous_writer_reads_unchanged():
+    """Its tensors come back as written, and the writer, finding nothing to code as a multiset (its
+    columns are not in canonical order), writes the same version-3 bytes again."""
+    f = decode_bytes(VERSION_3_FILE)
+    block = (np.arange(48).reshape(8, 6) * 7 % 11) - 5
+    block[block == 0] = 1
+    fc = np.zeros((40, 12), np.int64)
+    fc[np.ix_([1, 4, 9, 15, 22, 28, 33, 39], [0, 2, 5, 7, 8, 11])] = block
+    expected = {
+        "conv/kernel": QuantizedTensor(np.array([[[[1, -1], [0, 2]], [[0, 0], [1, 1]]]]), -7, 7, 0.125),
+        "fc/kernel": QuantizedTensor(fc, -7, 7, 0.5),
+        "fc/bias": np.array([0.25, -1.5, 0, 3, 1], np.float32),
+    }
+    assert f.version == 3 and list(f) == list(expected) and f.metadata == {"ranges": [[0, 1.5]]}
+    assert f.mask_bytes("fc/kernel") == 7 and not any(f.unordered(name) for name in f)
+    for name, t in expected.items():
+        assert_same(t, f[name])
+    assert encode_bytes(f, metadata=f.metadata) == VERSION_3_FILE
+
+
+def test_canonical_column_order():
+    """Columns with a non-zero first, lexicographic from row 0 (signed), the zero columns last."""
+    x = np.array([[0, 1, -1, 0, 1, 0],
+                  [0, -2, 3, 2, -2, 0]])
+    order = multiset.column_order(x)
+    np.testing.assert_array_equal(order, [2, 3, 1, 4, 0, 5])  # ties (columns 1 and 4) keep their order
+    np.testing.assert_array_equal(multiset.column_order(x[:, order]), np.arange(6))
+    np.testing.assert_array_equal(multiset.column_order(x, zero=1), [2, 0, 5, 3, 1, 4])  # no column all 1
+    assert multiset.order_bits(x) == pytest.approx(math.log2(math.factorial(6) / (2 * 2)))
+    with pytest.raises(ValueError, match="2-D"):
+        multiset.column_order(np.zeros(3))
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # is_canonical, from adjacent columns, agrees with the sort
+        y = rng.integers(-1, 2, size=(int(rng.integers(1, 4)), int(rng.integers(1, 7))))
+        y = y[:, multiset.column_order(y)] if rng.random() < 0.5 else y
+        assert multiset.is_canonical(y) == np.array_equal(multiset.column_order(y), np.arange(y.shape[1])), y
+
+
+@st.composite
+def canonical_matrices(draw) -> tuple[np.ndarray, int]:
+    """A symbol matrix in canonical order with repeated, constant and zero columns, and its zero symbol."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows, columns = draw(st.integers(1, 40)), draw(st.integers(1, 120))
+    x = skewed_indices(rng, (rows, columns), 0, draw(st.integers(1, 20)), draw(st.sampled_from(["geometric", "uniform"])))
+    if draw(st.booleans()):  # repeated columns
+        x = x[:, rng.integers(0, max(1, columns // 4), columns)]
+    zero = draw(st.integers(-1, 3))
+    if draw(st.booleans()) and 0 <= zero:
+        x[:, rng.random(columns) < 0.3] = zero
+    return x[:, multiset.column_order(x, zero)], zero
+
+
+@given(canonical_matrices())
+@FAST
+def test_multiset_columns_round_trip(matrix_zero):
+    x, zero = matrix_zero
+    counts = np.bincount(x.reshape(-1))
+    if not coders.needs_payload(counts):
+        with pytest.raises(ValueError, match="two distinct"):
+            multiset.encode_columns(x, counts, zero)
+        return
+    payload = multiset.encode_columns(x, counts, zero)
+    if payload:
+        assert payload[-1] != 0
+        np.testing.assert_array_equal(multiset.decode_columns(payload, counts, x.shape, zero), x)
+
+
+def test_multiset_encoder_needs_canonical_columns():
+    x = np.array([[1, 0, 2], [0, 1, 1]])
+    counts = np.bincount(x.reshape(-1))
+    with pytest.raises(ValueError, match="canonical order"):
+        multiset.encode_columns(x, counts, 0)
+    with pytest.raises(ValueError, match="histogram"):
+        multiset.encode_columns(x[:, multiset.column_order(x)], counts + 1, 0)
+    with pytest.raises(ValueError, match="columns"):
+        multiset.encode_columns(np.zeros((2, multiset.MAX_COLUMNS + 1), int), np.array([1]), 0)
+    # The writer codes such a tensor in order, as version 3.
+    t = {"w": QuantizedTensor(x, -2, 2, 0.5)}
+    assert encode_bytes(t) == encode_bytes(t, max_version=3) and encode_bytes(t)[4] == 3
+    with pytest.raises(ValueError, match="max_version"):
+        encode_bytes(t, max_version=2)
+
+
+@pytest.mark.parametrize("rows, columns, repeats", [(25, 20, 1), (500, 50, 1), (800, 300, 1), (64, 200, 4), (4, 400, 1)])
+def test_multiset_saves_the_order_bits(rows, columns, repeats):
+    """Synthetic layers: the payload as a multiset is smaller than in order by log2(n! / prod m_k!),
+    less at most log2 n + 32 bits (the first choices, from a nearly empty stack), and it never
+    saves more than the bound plus the rounding of the two payloads to bytes and coder words."""
+    rng = np.random.default_rng(rows + columns)
+    x = skewed_indices(rng, (rows, columns // repeats), -7, 7, "geometric")
+    x = canonical(np.repeat(x, repeats, axis=1))
+    bound = multiset.order_bits(x)
+    if repeats > 1:
+        assert bound < math.log2(math.factorial(columns))  # repeated units carry less order
+    t = {"w": QuantizedTensor(x, -7, 7, 0.1)}
+    ordered, unordered = decode_bytes(encode_bytes(t, max_version=3)), decode_bytes(encode_bytes(t))
+    assert unordered.unordered("w") and unordered.version == 4 and ordered.version == 3
+    assert_same(t["w"], unordered["w"])
+    saved = 8 * (ordered.payload_bytes("w") - unordered.payload_bytes("w"))
+    assert bound - math.log2(columns) - 32 <= saved <= bound + 16, (saved, bound)
+    assert ordered.total_bytes - unordered.total_bytes >= saved // 8 - 2  # the header hardly changes
+
+
+def test_sparse_canonical_tensors_use_kind_5_and_dense_ones_kind_4():
+    rng = np.random.default_rng(3)
+    sparse = QuantizedTensor(canonical(sparse_indices(rng, (5, 5, 8, 40), 30, 25)), -7, 7, 0.1)
+    dense = QuantizedTensor(canonical(skewed_indices(rng, (5, 5, 1, 20), -7, 7, "geometric")), -7, 7, 0.1)
+    for t, masked in ((sparse, True), (dense, False)):
+        f = decode_bytes(encode_bytes({"w": t}))
+        assert f.unordered("w") and (f.mask_bytes("w") > 0) == masked
+        assert_same(t, f["w"])
+        assert f.total_bytes < len(encode_bytes({"w": t}, max_version=3))
+    _, _, header_, _ = split(encode_bytes({"w": sparse}))
+    assert header_[4] == 5  # after tensor count, metadata length, name length and name "w": the kind
+    f = decode_bytes(encode_bytes({"w": sparse}, coder="huffman"))  # no multiset with Huffman
+    assert f.version == 3 and not f.unordered("w")
+
+
+def test_hand_built_version_4_file_matches_writer():
+    """Kind 4 as docs/cdlz-format.md lays it out: kind 0's fields, the payload of the multiset."""
+    x = canonical(np.array([[2, 0, 1, -1, 0, 1], [1, 0, 1, 3, 1, 1], [0, 0, 0, 0, 2, 0]]))
+    used_lo, counts = coders.frequency_table(x)
+    payload = multiset.encode_columns(x - used_lo, counts, -used_lo)
+    tensor = quantized_header("w", (3, 6), lo=-4, hi=4, q=0.5, coder_id=1, used_lo=used_lo, counts=counts.tolist(),
+                              payload_len=len(payload), unordered=True)
+    expected = frame(header([tensor]), payload, version=4)
+    assert encode_bytes({"w": QuantizedTensor(x, -4, 4, 0.5)}) == expected
+    np.testing.assert_array_equal(decode_bytes(expected)["w"].indices, x)
+
+
+def _unordered(shape=(3, 6), version=4, coder=1, **fields) -> bytes:
+    x = canonical(np.array([[2, 0, 1, -1, 0, 1], [1, 0, 1, 3, 1, 1], [0, 0, 0, 0, 2, 0]]))
+    used_lo, counts = coders.frequency_table(x)
+    payload = multiset.encode_columns(x - used_lo, counts, -used_lo)
+    fields = dict(dict(lo=-4, hi=4, q=0.5, coder_id=1, used_lo=used_lo, counts=counts.tolist(),
+                       payload_len=len(payload), payloads=[payload]), **fields)
+    payloads = fields.pop("payloads")
+    return frame(header([quantized_header("w", shape, unordered=True, **fields)]), b"".join(payloads),
+                 version=version, coder=coder)
+
+
+def test_unordered_helper_is_valid():
+    f = decode_bytes(_unordered())
+    assert f.unordered("w") and f.version == 4 and f["w"].shape == (3, 6)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_unordered(version=3), "unknown kind 4 in a version-3 file"),
+        (_unordered(coder=2, coder_id=2), "kind 4 needs the ANS coder"),
+        (_unordered(shape=(18,)), "kind 4 needs a non-empty tensor of at least 2 dims"),
+        (_unordered(shape=(9, 2)), "histogram of decoded symbols|ANS stream not empty|corrupt"),
+        (_unordered(shape=(1, 2**14 + 1), counts=[2**14, 1], payload_len=1, payloads=[b"\x01"]),
+         "16385 coded columns exceed the limit 16384"),
+        (_unordered(shape=(3, 6), counts=[18], coder_id=0, payload_len=None, payloads=[]),
+         "coder id: 0, but kind 4 has a payload"),
+        (_unordered(payloads=[b"\x01\x02"], payload_len=2), "tensor 'w' payload"),
+        (_unordered(payloads=[b"\x01\x00"], payload_len=2), "non-canonical payload"),
+    ],
+)
+def test_reader_rejects_bad_unordered_tensors(data, message):
+    with pytest.raises(FormatError, match=message):
+        decode_bytes(data)
+
+
+def test_columns_coded_as_multisets_are_limited_per_file(monkeypatch):
+    """The reader refuses more than MAX_FILE_COLUMNS of them in a file, and the writer codes the
+    tensors beyond the limit in order."""
+    rng = np.random.default_rng(5)
+    tensors = {name: QuantizedTensor(canonical(skewed_indices(rng, (30, n), -7, 7, "geometric")), -7, 7, 0.1)
+               for name, n in (("a", 20), ("b", 30))}
+    data = encode_bytes(tensors)
+    assert decode_bytes(data).unordered("a") and decode_bytes(data).unordered("b")
+    monkeypatch.setattr(multiset, "MAX_FILE_COLUMNS", 40)
+    with pytest.raises(FormatError, match="tensor 'b': 50 columns coded as multisets in the file exceed the limit 40"):
+        decode_bytes(data)
+    f = decode_bytes(encode_bytes(tensors))
+    assert f.unordered("a") and not f.unordered("b")
+    for name, t in tensors.items():
+        assert_same(t, f[name])
+
+
+def test_version_4_sample_has_kinds_4_and_5():
+    f = SAMPLE_FILES[-1]
+    assert f.version == 4 and f.unordered("conv/kernel") and f.unordered("fc/kernel")
+    assert f.mask_bytes("fc/kernel") > 0 and not f.unordered("logits/kernel")
+
+
 def test_header_limit_applies_to_writer_and_reader(monkeypatch):
     tensors = {"layer/kernel": QuantizedTensor(np.array([0, 1, 1]), -1, 1, 1.0)}
     data = encode_bytes(tensors)
@@ -788,11 +1006,12 @@ def mutate_part(data: bytes, part: str, mutate: Callable[[bytes], bytes]) -> byt
     the header parser sees it; ``body`` is everything between the length field and the CRC.
     """
     flags, coder, header_, payloads = split(data)
+    version = data[4]
     if part == "header":
-        return frame(mutate(header_), payloads, flags=flags, coder=coder)
+        return frame(mutate(header_), payloads, version=version, flags=flags, coder=coder)
     if part == "payloads":
-        return frame(header_, mutate(payloads), flags=flags, coder=coder)
-    return frame_raw(mutate(pack(header_) + payloads), flags=flags, coder=coder)
+        return frame(header_, mutate(payloads), version=version, flags=flags, coder=coder)
+    return frame_raw(mutate(pack(header_) + payloads), version=version, flags=flags, coder=coder)
 
 
 def assert_consistent(data: bytes, f: CodedFile) -> None:
@@ -879,13 +1098,14 @@ def test_every_truncation_is_rejected(sample):
 def test_every_truncation_of_the_header_is_rejected(sample):
     """Truncated deflate streams, and truncated headers compressed whole, each with sizes and CRC fixed."""
     flags, coder, header_, payloads = split(SAMPLES[sample])
+    version = SAMPLES[sample][4]
     packed = deflate(header_)
     for n in range(len(packed)):
         with pytest.raises(FormatError, match="compressed header"):
-            decode_bytes(frame_raw(pack(header_, packed=packed[:n]) + payloads, flags=flags, coder=coder))
+            decode_bytes(frame_raw(pack(header_, packed=packed[:n]) + payloads, version=version, flags=flags, coder=coder))
     for n in range(len(header_)):
         with pytest.raises(FormatError):
-            decode_bytes(frame(header_[:n], payloads, flags=flags, coder=coder))
+            decode_bytes(frame(header_[:n], payloads, version=version, flags=flags, coder=coder))
 
 
 @given(

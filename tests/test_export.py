@@ -46,7 +46,7 @@ def test_int8_weights_are_the_cdl_indices(exported):
     with cdl_tf.quantize_scope():
         model = keras.models.load_model(str(workdir / "model.keras"))
     tm = TFLiteModel((workdir / "export" / "model.tflite").read_bytes())
-    indices = cdl_tf.hard_indices(model)
+    indices = {n: t.indices for n, t in coded_tensors(model).items() if isinstance(t, coding.QuantizedTensor)}
     assert len(indices) == 4
     for name, idx in indices.items():
         layer = name.split("/")[0]

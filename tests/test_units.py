@@ -1,13 +1,15 @@
-"""Units in the coded tensors: those nothing reads cleared, live ones first, the model's outputs unchanged."""
+"""Units in the coded tensors: those nothing reads cleared, the rest in canonical order (live ones first),
+the model's outputs unchanged."""
 import dataclasses
 
 import numpy as np
+import pytest
 import tf_keras as keras
 
 import cdl_tf
 from cdl_tf.coding import QuantizedTensor, encode_bytes
 from cdl_tf.coded_model import apply_coded, coded_tensors
-from cdl_tf.coded_model import order_units
+from cdl_tf.coded_model import order_units, unit_order_bits
 from cdl_tf.coded_model import fill_unread
 
 
@@ -154,9 +156,23 @@ def _outputs(qm: keras.Model, tensors: dict, x: np.ndarray) -> np.ndarray:
     return qm.predict(x, verbose=0)
 
 
-def test_live_conv_channels_and_dense_units_come_first_with_the_outputs_unchanged():
-    """conv (4 channels) -> pool -> flatten -> fc1 (6) -> fc2 (3): conv channels 0 and 2 and fc1 units 1 and 3
-    have no non-zero weight (their biases still feed the readers, so the readers' rows must move with them)."""
+def _canonical(columns: np.ndarray, *ties: np.ndarray) -> list:
+    """The canonical unit order written out: live columns first, lexicographically, then by ``ties``; stable."""
+    return sorted(range(columns.shape[1]),
+                  key=lambda c: (not columns[:, c].any(), tuple(columns[:, c]), *(t[c] for t in ties)))
+
+
+def _assert_same_tensors(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, t in want.items():
+        np.testing.assert_array_equal(_values(got[key]), _values(t), err_msg=key)
+
+
+def test_units_take_the_canonical_order_with_the_outputs_unchanged():
+    """conv (4 channels) -> pool -> flatten -> fc1 (6) -> fc2 (3). conv channels 0 and 2 have no non-zero
+    weight (their biases still feed the readers, so the readers' rows must move with them) and go last,
+    2 first by its lower bias; channel 3 is channel 1 again (kernel, bias and readers' rows), so the two
+    keep their order and carry log2(4! / 2!) bits of order. fc1 is sorted after its rows took conv's order."""
     keras.utils.set_random_seed(13)
     rng = np.random.RandomState(14)
     inp = keras.Input((6, 6, 1))
@@ -167,17 +183,26 @@ def test_live_conv_channels_and_dense_units_come_first_with_the_outputs_unchange
     qm = _quantized(keras.Model(inp, keras.layers.Dense(3, name="fc2")(h)), x, quantize_biases=False)
     conv, fc1 = rng.randint(-3, 4, (3, 3, 1, 4)), rng.randint(-3, 4, (16, 6))
     conv[..., [0, 2]], fc1[:, [1, 3]] = 0, 0
+    conv[..., 3], fc1[3::4] = conv[..., 1], fc1[1::4]
     tensors = coded_tensors(qm)
     tensors = {**tensors, "quant_conv/kernel": dataclasses.replace(tensors["quant_conv/kernel"], indices=conv),
-               "quant_fc1/kernel": dataclasses.replace(tensors["quant_fc1/kernel"], indices=fc1)}
+               "quant_fc1/kernel": dataclasses.replace(tensors["quant_fc1/kernel"], indices=fc1),
+               "quant_conv/bias": np.array([0.5, 0.2, -0.1, 0.2], np.float32)}
     out = order_units(qm, tensors)
-    np.testing.assert_array_equal(_live(out, "conv"), [True, True, False, False])
+    conv_order = _canonical(conv.reshape(-1, 4), tensors["quant_conv/bias"])
+    assert conv_order == [1, 3, 2, 0]
+    np.testing.assert_array_equal(out["quant_conv/kernel"].indices, conv[..., conv_order])
+    np.testing.assert_array_equal(out["quant_conv/bias"], tensors["quant_conv/bias"][conv_order])
+    rows = np.arange(16).reshape(4, 4)[:, conv_order].reshape(-1)  # channel c of position p is row 4 p + c
+    fc1_order = _canonical(fc1[rows], np.asarray(tensors["quant_fc1/bias"]))
+    np.testing.assert_array_equal(out["quant_fc1/kernel"].indices, fc1[rows][:, fc1_order])
+    np.testing.assert_array_equal(out["quant_fc2/kernel"].indices, tensors["quant_fc2/kernel"].indices[fc1_order])
     np.testing.assert_array_equal(_live(out, "fc1"), [True] * 4 + [False] * 2)
-    np.testing.assert_array_equal(out["quant_conv/bias"], np.asarray(tensors["quant_conv/bias"])[[1, 3, 0, 2]])
-    rows = np.arange(16).reshape(4, 4)[:, [1, 3, 0, 2]].reshape(-1)  # channel c of position p is row 4 p + c
-    np.testing.assert_array_equal(out["quant_fc1/kernel"].indices, fc1[rows][:, [0, 2, 4, 5, 1, 3]])
-    np.testing.assert_array_equal(out["quant_fc2/kernel"].indices, tensors["quant_fc2/kernel"].indices[[0, 2, 4, 5, 1, 3]])
     np.testing.assert_allclose(_outputs(qm, out, x), _outputs(qm, tensors, x), rtol=1e-5, atol=1e-5)
+    _assert_same_tensors(order_units(qm, out), out)  # sorting again changes nothing
+    bits = unit_order_bits(qm, out)
+    assert bits.keys() == {"quant_conv", "quant_fc1"}  # fc2 is the model output
+    assert bits["quant_conv"] == pytest.approx(np.log2(12)) and bits["quant_fc1"] == pytest.approx(np.log2(720))
 
 
 def test_batchnorm_between_follows_the_order_and_residual_sums_keep_theirs():
@@ -202,10 +227,12 @@ def test_batchnorm_between_follows_the_order_and_residual_sums_keep_theirs():
     tensors = {**tensors, "quant_conv1/kernel": dataclasses.replace(tensors["quant_conv1/kernel"], indices=conv1),
                "quant_conv2/kernel": dataclasses.replace(tensors["quant_conv2/kernel"], indices=conv2)}
     out = order_units(qm, tensors)
-    np.testing.assert_array_equal(_live(out, "conv1"), [True, True, True, False])
+    order = _canonical(conv1.reshape(-1, 4))
+    assert order[-1] == 1 and order != [0, 2, 3, 1]  # the dead channel last, the live ones sorted
+    np.testing.assert_array_equal(out["quant_conv1/kernel"].indices, conv1[..., order])
     for key in ("bn1/scale", "bn1/shift", "quant_conv1/bias"):
-        np.testing.assert_array_equal(out[key], np.asarray(tensors[key])[[0, 2, 3, 1]])
-    np.testing.assert_array_equal(out["quant_conv2/kernel"].indices, conv2[:, :, [0, 2, 3, 1], :])
+        np.testing.assert_array_equal(out[key], np.asarray(tensors[key])[order])
+    np.testing.assert_array_equal(out["quant_conv2/kernel"].indices, conv2[:, :, order, :])
     np.testing.assert_array_equal(out["bn2/scale"], tensors["bn2/scale"])
     np.testing.assert_allclose(_outputs(qm, out, x), _outputs(qm, tensors, x), rtol=1e-5, atol=1e-5)
 

@@ -12,8 +12,9 @@ and decoded as ``gamma = scale``, ``beta = shift``, ``mean = 0`` and a variance
 with ``var + eps == 1`` in float32. Training-only state (softness, draw counters,
 rate weights) is not stored; a decoded model has its quantizers marked initialised.
 Units whose outputs nothing reads are stored with zero weights and the most common
-bias (`cdl_tf.coded_model.unread`), and the output channels of a layer are stored live ones first
-where its readers allow (`cdl_tf.coded_model.unit_order`). `apply_coded(model, coded_tensors(model))`
+bias (`cdl_tf.coded_model.unread`), and the output channels of a layer are stored in canonical
+order, live ones first, where its readers allow (`cdl_tf.coded_model.unit_order`), which lets the
+``.cdlz`` writer code its kernel's columns as a multiset. `apply_coded(model, coded_tensors(model))`
 puts a model in that decoded form, which infers as before up to float32 rounding.
 """
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _stored_variables(model, log_qs) -> Dict[str, object]:
 def coded_tensors(model) -> Dict[str, object]:
     """Name -> `QuantizedTensor` (kernels) or float32 array (everything else inference needs),
     with the kernel columns and biases of units nothing reads set to their cheapest values
-    (`cdl_tf.coded_model.unread`) and output channels in live-first order (`cdl_tf.coded_model.unit_order`)."""
+    (`cdl_tf.coded_model.unread`) and output channels in canonical order (`cdl_tf.coded_model.unit_order`)."""
     kernels, log_qs, _ = _classify(model)
     out: Dict[str, object] = {}
     for bn in _affine_batchnorms(model):
@@ -158,6 +159,7 @@ def apply_coded(model, tensors: Mapping[str, object]) -> None:
 def entropy_bound_bits(tensors: Mapping[str, object]) -> float:
     """``sum N H`` over the quantized tensors: what an ideal coder reaches that treats every index of
     a tensor alike (the rate CDL trains). Live masks (`.cdlz` kind 3) go below it on tensors whose
-    non-zero indices sit in a few rows and columns."""
+    non-zero indices sit in a few rows and columns, and coding a kernel's columns as a multiset
+    (kinds 4 and 5) by the bits of their order."""
     return float(sum(t.indices.size * index_entropy_bits(t.indices)
                      for t in tensors.values() if isinstance(t, QuantizedTensor)))

@@ -7,6 +7,9 @@
 * :class:`CodedFile` -- read-only ``name -> tensor`` mapping returned by the reader.
 * :class:`FormatError` -- the only exception raised for malformed input.
 * :func:`index_entropy_bits` -- empirical entropy of an index array (bits/value).
+* :mod:`cdl_tf.coding.multiset` -- the canonical column order, in which a kernel's columns
+  can be coded as a multiset (format version 4), and ``log2(n! / prod m_k!)``, the bits of
+  their order.
 
 The format is specified in ``docs/cdlz-format.md``.
 """

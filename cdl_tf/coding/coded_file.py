@@ -24,16 +24,20 @@ class CodedFile(Mapping[str, Tensor]):
         coder: coders.Coder,
         payload_sizes: dict[str, int],
         mask_sizes: dict[str, int],
+        unordered: set[str],
         lossy: bool,
         total_bytes: int,
+        version: int,
     ) -> None:
         self._tensors = tensors
         self._metadata = metadata
         self._coder = coder
         self._payload_sizes = payload_sizes
         self._mask_sizes = mask_sizes
+        self._unordered = frozenset(unordered)
         self._lossy = lossy
         self._total_bytes = total_bytes
+        self._version = version
 
     def __getitem__(self, name: str) -> Tensor:
         return self._tensors[name]
@@ -46,7 +50,7 @@ class CodedFile(Mapping[str, Tensor]):
 
     def __repr__(self) -> str:
         return (
-            f"CodedFile({len(self)} tensors, coder={self._coder!r}, "
+            f"CodedFile({len(self)} tensors, version={self._version}, coder={self._coder!r}, "
             f"total_bytes={self._total_bytes}, lossy={self._lossy})"
         )
 
@@ -54,6 +58,11 @@ class CodedFile(Mapping[str, Tensor]):
     def metadata(self) -> dict:
         """The file's metadata object (a copy; ``{}`` when none was written)."""
         return copy.deepcopy(self._metadata)
+
+    @property
+    def version(self) -> int:
+        """The file's format version (2, 3 or 4)."""
+        return self._version
 
     @property
     def coder(self) -> coders.Coder:
@@ -80,8 +89,15 @@ class CodedFile(Mapping[str, Tensor]):
         return self._payload_sizes[name]
 
     def mask_bytes(self, name: str) -> int:
-        """Bytes of tensor ``name``'s live masks in the (uncompressed) header; 0 unless kind 3."""
+        """Bytes of tensor ``name``'s live masks in the (uncompressed) header; 0 unless kind 3 or 5."""
         return self._mask_sizes[name]
+
+    def unordered(self, name: str) -> bool:
+        """Whether tensor ``name``'s (live) columns were coded as a multiset (kind 4 or 5) and
+        decoded into canonical order (`cdl_tf.coding.multiset.column_order`)."""
+        if name not in self._tensors:
+            raise KeyError(name)
+        return name in self._unordered
 
     @property
     def index_bytes(self) -> int:

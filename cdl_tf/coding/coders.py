@@ -84,7 +84,7 @@ def encode_symbols(symbols: np.ndarray, counts: np.ndarray, coder: Coder = "ans"
         return b""
     symbols = np.ascontiguousarray(symbols, dtype=np.int32)
     words = _encode_ans(symbols, counts) if coder == "ans" else _encode_huffman(symbols, counts)[0]
-    return words.astype("<u4").tobytes().rstrip(b"\0")
+    return words_to_payload(words)
 
 
 def decode_symbols(
@@ -103,12 +103,7 @@ def decode_symbols(
             raise FormatError(f"{field}: {len(payload)} byte(s) for a tensor with <= 1 distinct symbol")
         value = int(np.flatnonzero(counts)[0]) if n else 0
         return np.full(n, value, dtype=np.int32)
-    if len(payload) == 0:
-        raise FormatError(f"{field}: empty payload for a tensor with >= 2 distinct symbols")
-    if payload[-1] == 0:
-        raise FormatError(f"{field}: non-canonical payload (last byte is 0x00)")
-    padded = bytes(payload) + b"\0" * (-len(payload) % 4)
-    words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+    words = payload_to_words(payload, field)
     if coder == "ans":
         decoded = _decode_ans(words, counts, n, field)
     else:
@@ -122,12 +117,27 @@ def decode_symbols(
     return decoded
 
 
+def words_to_payload(words: np.ndarray) -> bytes:
+    """A coder's ``uint32`` words as payload bytes: little-endian, trailing zero bytes removed."""
+    return np.asarray(words).astype("<u4").tobytes().rstrip(b"\0")
+
+
+def payload_to_words(payload: memoryview, field: str) -> np.ndarray:
+    """Inverse of :func:`words_to_payload` for a payload that must be non-empty and canonical."""
+    if len(payload) == 0:
+        raise FormatError(f"{field}: empty payload for a tensor with >= 2 distinct symbols")
+    if payload[-1] == 0:
+        raise FormatError(f"{field}: non-canonical payload (last byte is 0x00)")
+    padded = bytes(payload) + b"\0" * (-len(payload) % 4)
+    return np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+
+
 def _check_coder(coder: str) -> None:
     if coder not in CODERS:
         raise ValueError(f"coder must be one of {CODERS}, got {coder!r}")
 
 
-def _guard(call: Callable[[], _T], field: str) -> _T:
+def guarded(call: Callable[[], _T], field: str) -> _T:
     """Run a constriction call on untrusted data, mapping its errors to FormatError."""
     try:
         return call()
@@ -135,7 +145,8 @@ def _guard(call: Callable[[], _T], field: str) -> _T:
         raise FormatError(f"{field}: corrupt coded data ({exc})") from exc
 
 
-def _ans_model(counts: np.ndarray) -> constriction.stream.model.Categorical:
+def ans_model(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    """The ANS model ``p(s) = c_s / N`` that encoder and decoder build from the integer counts."""
     return constriction.stream.model.Categorical(
         np.asarray(counts, dtype=np.float64), perfect=False
     )
@@ -143,14 +154,14 @@ def _ans_model(counts: np.ndarray) -> constriction.stream.model.Categorical:
 
 def _encode_ans(symbols: np.ndarray, counts: np.ndarray) -> np.ndarray:
     ans = constriction.stream.stack.AnsCoder()
-    ans.encode_reverse(symbols, _ans_model(counts))
+    ans.encode_reverse(symbols, ans_model(counts))
     return ans.get_compressed()
 
 
 def _decode_ans(words: np.ndarray, counts: np.ndarray, n: int, field: str) -> np.ndarray:
-    model = _ans_model(counts)
-    ans = _guard(lambda: constriction.stream.stack.AnsCoder(words), field)
-    decoded = _guard(lambda: ans.decode(model, n), field)
+    model = ans_model(counts)
+    ans = guarded(lambda: constriction.stream.stack.AnsCoder(words), field)
+    decoded = guarded(lambda: ans.decode(model, n), field)
     if not ans.is_empty():
         raise FormatError(f"{field}: ANS stream not fully consumed after {n} symbols")
     return np.asarray(decoded, dtype=np.int32)
@@ -197,8 +208,8 @@ def _decode_huffman(words: np.ndarray, counts: np.ndarray, n: int, field: str) -
     if bits % 32 and int(words[-1]) >> (bits % 32):
         raise FormatError(f"{field}: non-zero bits after the last Huffman codeword")
     tree = constriction.symbol.huffman.DecoderHuffmanTree(_huffman_probabilities(counts))
-    decoder = _guard(lambda: constriction.symbol.QueueDecoder(words), field)
-    return _guard(
+    decoder = guarded(lambda: constriction.symbol.QueueDecoder(words), field)
+    return guarded(
         lambda: np.fromiter(
             map(decoder.decode_symbol, itertools.repeat(tree, n)), dtype=np.int32, count=n
         ),

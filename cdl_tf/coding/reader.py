@@ -14,20 +14,21 @@ import zlib
 
 import numpy as np
 
-from cdl_tf.coding import coders
+from cdl_tf.coding import coders, multiset
 from cdl_tf.coding.coded_file import CodedFile
 from cdl_tf.coding.errors import FormatError
 from cdl_tf.coding.format import (
+    CODER_IDS,
     CODER_NAMES,
     CODER_NONE,
     DEFAULT_MAX_ELEMENTS,
+    FIRST_VERSION,
     FLAG_LOSSY,
     FLOAT_KINDS,
     HEADER_WBITS,
     KIND_FLOAT16,
-    KIND_MASKED,
-    KIND_QUANTIZED,
     MAGIC,
+    MASKED_KINDS,
     MAX_HEADER_BYTES,
     MAX_METADATA_BYTES,
     MAX_NAME_BYTES,
@@ -35,6 +36,7 @@ from cdl_tf.coding.format import (
     MAX_TABLE_SIZE,
     MAX_TENSORS,
     READABLE_VERSIONS,
+    UNORDERED_KINDS,
     Tensor,
     TensorEntry,
 )
@@ -91,8 +93,10 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
         coder=CODER_NAMES[coder_id],
         payload_sizes={e.name: e.payload_len for e in entries},
         mask_sizes={e.name: e.mask_bytes for e in entries},
+        unordered={e.name for e in entries if e.kind in UNORDERED_KINDS},
         lossy=lossy,
         total_bytes=len(view),
+        version=version,
     )
 
 
@@ -166,7 +170,7 @@ def _parse_header(reader: ByteReader, version: int, coder_id: int, max_elements:
     metadata = _parse_metadata(reader)
     entries: list[TensorEntry] = []
     names: set[str] = set()
-    total = 0
+    total = columns = 0  # elements; columns coded as multisets
     for index in range(count):
         name = _parse_name(reader, index)
         if name in names:
@@ -179,12 +183,19 @@ def _parse_header(reader: ByteReader, version: int, coder_id: int, max_elements:
             raise FormatError(
                 f"tensor {name!r}: total element count {total} exceeds max_elements={max_elements}"
             )
+        if FIRST_VERSION.get(kind, version + 1) > version:
+            raise FormatError(f"tensor {name!r} kind: unknown kind {kind} in a version-{version} file")
         if kind in FLOAT_KINDS:
             entries.append(TensorEntry(name, kind, shape, size, size * FLOAT_KINDS[kind].itemsize))
-        elif kind == KIND_QUANTIZED or (kind == KIND_MASKED and version >= 3):
-            entries.append(_parse_quantized(reader, name, shape, size, coder_id, masked=kind == KIND_MASKED))
         else:
-            raise FormatError(f"tensor {name!r} kind: unknown kind {kind} in a version-{version} file")
+            entries.append(_parse_quantized(reader, name, shape, size, coder_id, kind))
+        if kind in UNORDERED_KINDS:
+            columns += entries[-1].coded_shape[1]
+            if columns > multiset.MAX_FILE_COLUMNS:
+                raise FormatError(
+                    f"tensor {name!r}: {columns} columns coded as multisets in the file exceed the limit "
+                    f"{multiset.MAX_FILE_COLUMNS}"
+                )
     return metadata, entries
 
 
@@ -248,9 +259,14 @@ def _parse_shape(reader: ByteReader, name: str, max_elements: int) -> tuple[tupl
 
 
 def _parse_quantized(
-    reader: ByteReader, name: str, shape: tuple[int, ...], size: int, file_coder: int, *, masked: bool
+    reader: ByteReader, name: str, shape: tuple[int, ...], size: int, file_coder: int, kind: int
 ) -> TensorEntry:
     field = f"tensor {name!r}"
+    masked, unordered = kind in MASKED_KINDS, kind in UNORDERED_KINDS
+    if unordered and file_coder != CODER_IDS["ans"]:
+        raise FormatError(f"{field} kind: kind {kind} needs the ANS coder, the file's is {CODER_NAMES[file_coder]}")
+    if unordered and (len(shape) < 2 or size == 0):
+        raise FormatError(f"{field} kind: kind {kind} needs a non-empty tensor of at least 2 dims, got shape {shape}")
     lo = reader.zigzag(f"{field} lo")
     hi = reader.zigzag(f"{field} hi")
     if not INDEX_MIN <= lo <= hi <= INDEX_MAX:
@@ -284,8 +300,13 @@ def _parse_quantized(
     coder_id = reader.u8(f"{field} coder id")
     if coder_id not in (CODER_NONE, file_coder):
         raise FormatError(f"{field} coder id: {coder_id}, expected {CODER_NONE} or the file coder {file_coder}")
-    kind = KIND_MASKED if masked else KIND_QUANTIZED
     entry = TensorEntry(name, kind, shape, size, 0, lo, hi, q, scales, coder_id, rows=rows, cols=cols)
+    if unordered:
+        if coder_id == CODER_NONE:
+            raise FormatError(f"{field} coder id: 0, but kind {kind} has a payload")
+        columns = entry.coded_shape[1]
+        if columns > multiset.MAX_COLUMNS:
+            raise FormatError(f"{field}: {columns} coded columns exceed the limit {multiset.MAX_COLUMNS} of kind {kind}")
     if n_coded == 0:
         if coder_id != CODER_NONE:
             raise FormatError(f"{field} coder id: {coder_id} for an empty tensor")
@@ -348,14 +369,16 @@ def _decode_tensor(entry: TensorEntry, payload: memoryview, coder: coders.Coder)
     else:
         dtype = _index_dtype(entry.lo, entry.hi)
         n_coded = int(entry.counts.sum()) if entry.counts is not None else 0
-        if entry.coder_id != CODER_NONE:
-            symbols = coders.decode_symbols(
-                payload, entry.counts, coder, field=f"tensor {entry.name!r} payload"
-            )
+        field = f"tensor {entry.name!r} payload"
+        if entry.kind in UNORDERED_KINDS:
+            symbols = multiset.decode_columns(payload, entry.counts, entry.coded_shape, -entry.used_lo, field=field)
+            array = (symbols.reshape(-1) + np.int64(entry.used_lo)).astype(dtype)
+        elif entry.coder_id != CODER_NONE:
+            symbols = coders.decode_symbols(payload, entry.counts, coder, field=field)
             array = (symbols + np.int64(entry.used_lo)).astype(dtype)
         else:
             array = np.full(n_coded, entry.used_lo, dtype=dtype)
-        if entry.kind == KIND_MASKED:
+        if entry.kind in MASKED_KINDS:
             full = np.zeros((entry.rows.size, entry.cols.size), dtype=dtype)
             full[np.ix_(entry.rows, entry.cols)] = array.reshape(int(entry.rows.sum()), int(entry.cols.sum()))
             array = full

@@ -2,9 +2,13 @@
 
 Each quantized tensor is coded under its own frequency table over its used index
 range. A tensor of two or more axes whose non-zero indices sit in a few rows and
-columns is also encoded with live masks (kind 3), and the writer keeps whichever
-of the two encodings is smaller. The same tensors, options and metadata always
-give the same bytes (with a given zlib library).
+columns is also encoded with live masks (kind 3). In an ANS file, a tensor whose
+(live) columns are in canonical order (`cdl_tf.coding.multiset.column_order`) is
+also encoded with those columns as a multiset (kinds 4 and 5), which the decoder
+returns in the same order. The writer keeps the smallest encoding, an earlier kind
+on ties, and writes version 4 only if a tensor has kind 4 or 5, else version 3.
+The same tensors, options and metadata always give the same bytes (with a given
+zlib library).
 """
 from __future__ import annotations
 
@@ -16,17 +20,20 @@ from typing import Literal
 
 import numpy as np
 
-from cdl_tf.coding import coders
+from cdl_tf.coding import coders, multiset
 from cdl_tf.coding.format import (
     CODER_IDS,
     CODER_NONE,
+    FIRST_VERSION,
     FLAG_LOSSY,
     HEADER_LEVEL,
     HEADER_WBITS,
     KIND_FLOAT16,
     KIND_FLOAT32,
     KIND_MASKED,
+    KIND_MASKED_UNORDERED,
     KIND_QUANTIZED,
+    KIND_UNORDERED,
     MAGIC,
     MAX_HEADER_BYTES,
     MAX_METADATA_BYTES,
@@ -50,6 +57,7 @@ def encode_bytes(
     coder: coders.Coder = "ans",
     float_dtype: FloatDtype = "float32",
     metadata: Mapping | None = None,
+    max_version: int = VERSION,
 ) -> bytes:
     """Serialise ``tensors`` (in iteration order) to ``.cdlz`` bytes.
 
@@ -60,11 +68,15 @@ def encode_bytes(
       float_dtype: ``"float32"`` stores float arrays exactly (float64 input must be
         exactly representable); ``"float16"`` rounds them and flags the file lossy.
       metadata: optional JSON-serialisable mapping, stored as compact UTF-8 JSON.
+      max_version: ``4`` codes columns in canonical order as a multiset where that is
+        smaller (kinds 4 and 5, a version-4 file); ``3`` never does (a version-3 file).
     """
     if coder not in CODER_IDS:
         raise ValueError(f"coder must be one of {tuple(CODER_IDS)}, got {coder!r}")
     if float_dtype not in ("float32", "float16"):
         raise ValueError(f"float_dtype must be 'float32' or 'float16', got {float_dtype!r}")
+    if max_version not in (3, VERSION):
+        raise ValueError(f"max_version must be 3 or {VERSION}, got {max_version!r}")
     if len(tensors) > MAX_TENSORS:
         raise ValueError(f"{len(tensors)} tensors exceed the limit of {MAX_TENSORS}")
     meta = _encode_metadata(metadata)
@@ -73,22 +85,27 @@ def encode_bytes(
     header.varint(len(tensors))
     header.varint(len(meta))
     header.raw(meta)
-    payloads: list[bytes] = []
     lossy = False
+    payloads: list[bytes] = []
+    version = 3  # unless a kind needs a later one
+    columns_left = multiset.MAX_FILE_COLUMNS if max_version > 3 else 0  # to code as multisets
     for name, tensor in tensors.items():
         _write_name(header, name)
         if isinstance(tensor, QuantizedTensor):
-            payloads.append(_write_quantized(header, name, tensor, coder))
+            kind, payload, columns = _write_quantized(header, name, tensor, coder, columns_left)
+            columns_left -= columns
+            payloads.append(payload)
         else:
             kind, stored = _float_storage(name, tensor, float_dtype)
             lossy |= kind == KIND_FLOAT16
             header.u8(kind)
             _write_shape(header, name, stored.shape)
             payloads.append(stored.tobytes())
+        version = max(version, FIRST_VERSION[kind])
 
     body = _pack_header(header.getvalue()) + b"".join(payloads)
     flags = FLAG_LOSSY if lossy else 0
-    framed = MAGIC + bytes((VERSION, flags, CODER_IDS[coder])) + encode_varint(len(body) + 4) + body
+    framed = MAGIC + bytes((version, flags, CODER_IDS[coder])) + encode_varint(len(body) + 4) + body
     return framed + zlib.crc32(framed).to_bytes(4, "little")
 
 
@@ -99,9 +116,10 @@ def write(
     coder: coders.Coder = "ans",
     float_dtype: FloatDtype = "float32",
     metadata: Mapping | None = None,
+    max_version: int = VERSION,
 ) -> int:
     """Atomically write ``tensors`` to ``path`` (`cdl_tf.io.atomic_write_bytes`); returns bytes written."""
-    data = encode_bytes(tensors, coder=coder, float_dtype=float_dtype, metadata=metadata)
+    data = encode_bytes(tensors, coder=coder, float_dtype=float_dtype, metadata=metadata, max_version=max_version)
     atomic_write_bytes(path, data)
     return len(data)
 
@@ -147,21 +165,28 @@ def _write_shape(header: ByteWriter, name: str, shape: tuple[int, ...]) -> None:
         header.varint(dim)
 
 
-def _write_quantized(header: ByteWriter, name: str, tensor: QuantizedTensor, coder: coders.Coder) -> bytes:
-    """Kind 0 or, where it is smaller, kind 3 (live masks); returns the payload."""
-    dense = ByteWriter()
-    kind, payload = KIND_QUANTIZED, _write_indices(dense, name, tensor.indices, coder)
-    fields = dense.getvalue()
-    live = _live_masks(tensor)
-    if live is not None:
-        rows, cols = live
-        masked = ByteWriter()
-        masked.raw(np.packbits(rows, bitorder="little").tobytes())
-        masked.raw(np.packbits(cols, bitorder="little").tobytes())
-        sub = tensor.indices.reshape(rows.size, cols.size)[np.ix_(rows, cols)]
-        masked_payload = _write_indices(masked, name, sub, coder)
-        if len(masked.getvalue()) + len(masked_payload) < len(fields) + len(payload):
-            kind, payload, fields = KIND_MASKED, masked_payload, masked.getvalue()
+def _write_quantized(
+    header: ByteWriter, name: str, tensor: QuantizedTensor, coder: coders.Coder, max_columns: int
+) -> tuple[int, bytes, int]:
+    """The smallest of kinds 0, 3 (live masks) and, for at most ``max_columns`` coded columns, 4 and 5;
+    returns the kind, the payload and the columns coded as a multiset."""
+    encodings = []  # (kind, fields after the scales, payload, columns as a multiset), earlier kinds first
+    for kind, masks, matrix in _layouts(tensor):
+        used_lo, counts = coders.frequency_table(matrix)
+        if counts.size > MAX_TABLE_SIZE:
+            raise ValueError(
+                f"tensor {name!r}: used index range has {counts.size} values, limit {MAX_TABLE_SIZE}"
+            )
+        symbols = matrix.astype(np.int64) - used_lo
+        payloads = {kind: (coders.encode_symbols(symbols.reshape(-1), counts, coder), 0)}
+        if payload := _multiset_payload(symbols, counts, -used_lo, coder, max_columns):
+            payloads[KIND_UNORDERED if kind == KIND_QUANTIZED else KIND_MASKED_UNORDERED] = payload, symbols.shape[1]
+        for coded_kind, (payload, columns) in payloads.items():
+            fields = ByteWriter()
+            fields.raw(masks)
+            _write_table(fields, used_lo, counts, coder, payload)
+            encodings.append((coded_kind, fields.getvalue(), payload, columns))
+    kind, fields, payload, columns = min(encodings, key=lambda e: len(e[1]) + len(e[2]))  # the first of the smallest
     header.u8(kind)
     _write_shape(header, name, tensor.shape)
     header.zigzag(tensor.lo)
@@ -173,7 +198,35 @@ def _write_quantized(header: ByteWriter, name: str, tensor: QuantizedTensor, cod
         header.u8(1)
         header.raw(tensor.scales.astype("<f4").tobytes())
     header.raw(fields)
-    return payload
+    return kind, payload, columns
+
+
+def _layouts(tensor: QuantizedTensor) -> list[tuple[int, bytes, np.ndarray]]:
+    """``(kind, mask bytes, coded indices)`` of kind 0 (the ``R x C`` view of a tensor of two or
+    more axes, else the flat indices) and, where live masks apply, of kind 3 (the live submatrix)."""
+    indices = tensor.indices
+    dense = indices.reshape(-1, tensor.shape[-1]) if indices.ndim >= 2 and indices.size else indices.reshape(-1)
+    layouts = [(KIND_QUANTIZED, b"", dense)]
+    live = _live_masks(tensor)
+    if live is not None:
+        rows, cols = live
+        masks = np.packbits(rows, bitorder="little").tobytes() + np.packbits(cols, bitorder="little").tobytes()
+        layouts.append((KIND_MASKED, masks, dense[np.ix_(rows, cols)]))
+    return layouts
+
+
+def _multiset_payload(symbols: np.ndarray, counts: np.ndarray, zero: int, coder: coders.Coder,
+                      max_columns: int) -> bytes:
+    """The payload of a symbol matrix's columns coded as a multiset, ``zero`` the symbol of index 0;
+    ``b""`` where kinds 4 and 5 do not apply: Huffman, fewer than two axes or distinct symbols, more
+    than ``max_columns`` or `multiset.MAX_COLUMNS` columns, columns not in canonical order, or an
+    empty multiset payload."""
+    if (coder != "ans" or symbols.ndim != 2 or not 1 <= symbols.shape[1] <= min(max_columns, multiset.MAX_COLUMNS)
+            or not coders.needs_payload(counts)):
+        return b""
+    if not multiset.is_canonical(symbols, zero):
+        return b""
+    return multiset.encode_columns(symbols, counts, zero)
 
 
 def _live_masks(tensor: QuantizedTensor) -> tuple[np.ndarray, np.ndarray] | None:
@@ -191,26 +244,17 @@ def _live_masks(tensor: QuantizedTensor) -> tuple[np.ndarray, np.ndarray] | None
     return rows, cols
 
 
-def _write_indices(header: ByteWriter, name: str, indices: np.ndarray, coder: coders.Coder) -> bytes:
-    """Coder id, frequency table and payload length of ``indices``; returns the payload."""
-    used_lo, counts = coders.frequency_table(indices)
-    if counts.size > MAX_TABLE_SIZE:
-        raise ValueError(
-            f"tensor {name!r}: used index range has {counts.size} values, limit {MAX_TABLE_SIZE}"
-        )
-    coder_id = CODER_IDS[coder] if coders.needs_payload(counts) else CODER_NONE
-    header.u8(coder_id)
+def _write_table(header: ByteWriter, used_lo: int, counts: np.ndarray, coder: coders.Coder, payload: bytes) -> None:
+    """Coder id, frequency table and, for a coded tensor, the payload length."""
+    coded = coders.needs_payload(counts)
+    header.u8(CODER_IDS[coder] if coded else CODER_NONE)
     if counts.size:
         header.zigzag(used_lo)
         header.varint(counts.size - 1)
         for count in counts.tolist():
             header.varint(count)
-    if coder_id == CODER_NONE:
-        return b""
-    symbols = indices.reshape(-1).astype(np.int64) - used_lo
-    payload = coders.encode_symbols(symbols, counts, coder)
-    header.varint(len(payload))
-    return payload
+    if coded:
+        header.varint(len(payload))
 
 
 def _float_storage(name: str, tensor: object, float_dtype: FloatDtype) -> tuple[int, np.ndarray]:
