@@ -13,12 +13,13 @@ class CodedFile(Mapping[str, Tensor]):
     """Read-only mapping ``name -> QuantizedTensor | np.ndarray`` in file order.
 
     Float tensors come back with their stored dtype (float32, or float16 when
-    written with ``float_dtype="float16"``); all arrays are read-only.
+    written with ``float_dtype="float16"``); all arrays are read-only. A file read
+    with ``lazy=True`` decodes a tensor each time it is looked up and keeps none.
     """
 
     def __init__(
         self,
-        tensors: dict[str, Tensor],
+        tensors: Mapping[str, Tensor],
         *,
         metadata: dict,
         coder: coders.Coder,
@@ -41,6 +42,9 @@ class CodedFile(Mapping[str, Tensor]):
 
     def __getitem__(self, name: str) -> Tensor:
         return self._tensors[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -44,24 +45,31 @@ from cdl_tf.coding.tensors import INDEX_MAX, INDEX_MIN, QuantizedTensor
 from cdl_tf.coding.wire import ByteReader
 
 
-def read(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> CodedFile:
+def read(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS, lazy: bool = False) -> CodedFile:
     """Read and fully validate a ``.cdlz`` file (see :func:`decode_bytes`)."""
     with open(path, "rb") as f:
         data = f.read()
-    return decode_bytes(data, max_elements=max_elements)
+    return decode_bytes(data, max_elements=max_elements, lazy=lazy)
 
 
-def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> CodedFile:
+def decode_bytes(
+    data: bytes | bytearray | memoryview, *, max_elements: int = DEFAULT_MAX_ELEMENTS, lazy: bool = False
+) -> CodedFile:
     """Parse, validate and decode ``.cdlz`` bytes.
 
     ``max_elements`` bounds the element count of each tensor and of all tensors
     together; it is checked before anything is allocated. Raises
-    :class:`FormatError` for any malformed input.
+    :class:`FormatError` for any malformed input. With ``lazy``, the frame, CRC-32 and
+    header are validated now and each tensor's payload when the tensor is looked up:
+    every lookup decodes it anew and nothing decoded is kept, so a caller holds only the
+    tensors it uses, and the file's bytes.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes-like, got {type(data).__name__}")
     if max_elements < 0:
         raise ValueError(f"max_elements must be >= 0, got {max_elements}")
+    if lazy and not isinstance(data, bytes):
+        data = bytes(data)  # payloads are decoded later, from bytes that cannot change meanwhile
     view = memoryview(data).cast("B")
     reader, version, flags, coder_id = _check_frame(view)
     header = _inflate_header(reader)
@@ -83,12 +91,10 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
             f"payload lengths sum to {declared} bytes but {reader.remaining} bytes follow the compressed header"
         )
 
-    tensors: dict[str, Tensor] = {}
-    for entry in entries:
-        payload = reader.raw(entry.payload_len, f"tensor {entry.name!r} payload")
-        tensors[entry.name] = _decode_tensor(entry, payload, CODER_NAMES[coder_id])
+    payloads = [reader.raw(e.payload_len, f"tensor {e.name!r} payload") for e in entries]
+    tensors = _LazyTensors(entries, payloads, CODER_NAMES[coder_id])
     return CodedFile(
-        tensors,
+        tensors if lazy else dict(tensors.items()),
         metadata=metadata,
         coder=CODER_NAMES[coder_id],
         payload_sizes={e.name: e.payload_len for e in entries},
@@ -98,6 +104,27 @@ def decode_bytes(data: bytes | bytearray | memoryview, *, max_elements: int = DE
         total_bytes=len(view),
         version=version,
     )
+
+
+class _LazyTensors(Mapping[str, Tensor]):
+    """``name -> tensor``, each payload decoded (and validated) on every lookup."""
+
+    def __init__(self, entries: list[TensorEntry], payloads: list[memoryview], coder: coders.Coder) -> None:
+        self._entries = {e.name: (e, p) for e, p in zip(entries, payloads)}
+        self._coder = coder
+
+    def __getitem__(self, name: str) -> Tensor:
+        entry, payload = self._entries[name]
+        return _decode_tensor(entry, payload, self._coder)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _check_frame(view: memoryview) -> tuple[ByteReader, int, int, int]:
