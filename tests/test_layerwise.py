@@ -1,5 +1,8 @@
 """Inference from coded layers: lazy `.cdlz` reading and `tflite_export.layerwise`, against the fully decoded
 Keras model on real test images (LeNet-300-100 from its config, a small residual model with BatchNorm and Add)."""
+import os
+import subprocess
+import sys
 import weakref
 import zlib
 from collections.abc import Mapping
@@ -15,11 +18,12 @@ from cdl_tf.coded_model import apply_coded, coded_tensors
 from cdl_tf.quantize import model_quantizers
 from cdl_tf.training import build_model, validate_config
 from conftest import config_module
-from tflite_export.decode import decode_model, layerwise_model
+from tflite_export.decode import accuracy_on_test_set, decode_model, layerwise_model
 from tflite_export.export import eval_arrays
 from tflite_export.layerwise import Architecture, LayerwiseModel
 
 lenet300_mnist = config_module("lenet300_mnist")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _images(dataset: str, split: str, n: int, data_dir) -> np.ndarray:
@@ -171,3 +175,17 @@ def _quantized_lenet300_with_biases() -> keras.Model:
     c = lenet300_mnist.get_config()
     c.cdl.quantize_activations, c.cdl.quantize_biases = False, True
     return build_model(c, validate_config(c))
+
+
+def test_cli_evaluates_the_test_set_layer_by_layer(lenet300_run, lenet300_keras, data_dir):
+    _, _, outputs, labels = lenet300_keras
+    keras_accuracy, images = accuracy_on_test_set(str(lenet300_run / "weights.cdlz"), str(lenet300_run),
+                                                  layerwise=False, batch_size=200)
+    assert (keras_accuracy, images) == (np.mean(outputs.argmax(1) == labels), len(labels))
+    env = {**os.environ, "PYTHONPATH": ROOT, "CDL_DATA_DIR": str(data_dir)}
+    done = subprocess.run([sys.executable, "-m", "cdl_tf.tools.decode", str(lenet300_run / "weights.cdlz"),
+                           f"--like={lenet300_run}", "--eval", "--layerwise", "--batch_size=200"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"test accuracy {keras_accuracy:.4f} on {images} images (layer by layer from the coded file)" in done.stdout
+    assert not (lenet300_run / "decoded").exists()
