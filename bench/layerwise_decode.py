@@ -26,7 +26,8 @@ Files: ``--runs=NAME=CDLZ:RUN_DIR,...`` (a trained run's coded file, and the run
 ``config.json`` gives the architecture) and ``--untrained=CONFIG,...`` (configs of
 ``configs/``, e.g. ``resnet20_cifar10``, whose untrained model, its quantizer steps set on
 256 training images, is coded into a temporary directory). Ratios are layerwise / full,
-measured in the same run:
+measured in the same run; the two methods' outputs are compared on ``--agreement_images``
+test images (largest logit difference, share of equal argmax):
 
     python bench/layerwise_decode.py [--runs=lenet5=/tmp/r/export/weights.cdlz:/tmp/r/3_small_hard]
         [--untrained=resnet20_cifar10,lenet300_mnist] [--batch_size=1]
@@ -48,7 +49,8 @@ METHODS = ("full", "layerwise")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Trained files as NAME=CDLZ:RUN_DIR (RUN_DIR holds the run's config.json).")
 flags.DEFINE_list("untrained", ["resnet20_cifar10"], "Configs of configs/ coded untrained (steps set on data).")
-flags.DEFINE_integer("batch_size", 1, "Test images per inference.")
+flags.DEFINE_integer("batch_size", 1, "Test images per measured inference.")
+flags.DEFINE_integer("agreement_images", 1000, "Test images on which the two methods' outputs are compared.")
 flags.DEFINE_string("data_dir", os.environ.get("CDL_DATA_DIR", ""), "Datasets directory ('' -> TFDS).")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "layerwise_decode.json"),
                     "Output JSON.")
@@ -64,7 +66,7 @@ def _test_batch(config, n: int, data_dir: str):
 
 
 def measure(method: str, cdlz: str, like: str, batch_size: int, data_dir: str) -> dict:
-    """Peak weight-holding bytes of ``method`` on one batch (the second of two runs), and its logits."""
+    """Peak weight-holding bytes of ``method`` on one batch (the second of two runs)."""
     if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") != "true":
         raise RuntimeError("measure in a process started with TF_CPU_ALLOCATOR_USE_BFC=true")
     import gc
@@ -103,13 +105,13 @@ def measure(method: str, cdlz: str, like: str, batch_size: int, data_dir: str) -
         built = architecture()
         tf.config.experimental.reset_memory_stats("CPU:0")
         tracemalloc.start()
-        logits = decode_and_infer(built, x).numpy()
+        decode_and_infer(built, x)
         host_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         tf_peak = tf_bytes("peak") - base
         del built
     return {"tf_peak_bytes": int(tf_peak), "host_peak_bytes": int(host_peak),
-            "peak_bytes": int(tf_peak + host_peak), "logits": logits.tolist(),
+            "peak_bytes": int(tf_peak + host_peak),
             "peak_rss_bytes": _peak_rss_bytes()}
 
 
@@ -134,6 +136,22 @@ def _file_facts(cdlz: str, like: str) -> dict:
             "float32_weight_bytes": 4 * sum(per_layer.values()),
             "largest_layer": max(per_layer, key=per_layer.get),
             "largest_layer_float32_bytes": 4 * max(per_layer.values())}
+
+
+def _agreement(cdlz: str, like: str, n: int, data_dir: str) -> dict:
+    """How the layer-wise outputs differ from the decoded Keras model's on ``n`` test images."""
+    import numpy as np
+
+    from cdl_tf.run_config import read_run_config
+    from tflite_export.decode import decode_model, layerwise_model
+
+    x = _test_batch(read_run_config(like), n, data_dir)
+    model = decode_model(cdlz, like)[0]
+    layerwise = layerwise_model(cdlz, like)[0]
+    a = np.concatenate([model(x[i : i + 500], training=False).numpy() for i in range(0, n, 500)])
+    b = np.concatenate([layerwise(x[i : i + 500]).numpy() for i in range(0, n, 500)])
+    return {"logits_max_abs_diff": float(np.abs(a - b).max()), "logits_max_abs": float(np.abs(a).max()),
+            "argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1)))}
 
 
 def _write_untrained(config_name: str, workdir: str, data_dir: str) -> tuple[str, str]:
@@ -176,44 +194,39 @@ def main(argv):
         method, cdlz, like = FLAGS.measure.split(":", 2)
         print(json.dumps(measure(method, cdlz, like, FLAGS.batch_size, FLAGS.data_dir)))
         return
-    import numpy as np
-
     from cdl_tf.io import atomic_write_json
 
-    files = {}
+    runs = {}
     for spec in FLAGS.runs:
         name, sep, paths = spec.partition("=")
         cdlz, sep2, like = paths.partition(":")
         if not (sep and sep2 and os.path.isfile(cdlz) and os.path.isfile(os.path.join(like, "config.json"))):
             raise app.UsageError(f"--runs: {spec!r} is not NAME=CDLZ:RUN_DIR with a .cdlz file and a run's config.json")
-        files[name] = {"source": "trained run", **_file_facts(cdlz, like)}
-    scratch = tempfile.mkdtemp(prefix="layerwise_decode_")
-    for config_name in FLAGS.untrained:
-        cdlz, like = _write_untrained(config_name, os.path.join(scratch, config_name), FLAGS.data_dir)
-        files[f"{config_name}_untrained"] = {
-            "source": "untrained, quantizer steps set on 256 training images, coded into a temporary directory",
-            **_file_facts(cdlz, like)}
+        runs[name] = ("trained run", cdlz, like)
     report = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-              "batch_size": FLAGS.batch_size,
+              "batch_size": FLAGS.batch_size, "agreement_images": FLAGS.agreement_images,
               "measure": "peak TF CPU allocator bytes (TF_CPU_ALLOCATOR_USE_BFC=true) above the bytes held before the "
                          "architecture was built + tracemalloc peak, over decoding and inference of one batch, "
                          "second of two runs in a fresh process per method",
               "models": {}}
-    for name, facts in files.items():
-        results = {m: _measured(m, facts["cdlz"], facts["run"]) for m in METHODS}
-        full, layerwise = results["full"], results["layerwise"]
-        a, b = np.array(full.pop("logits")), np.array(layerwise.pop("logits"))
-        report["models"][name] = {
-            **facts, "results": results,
-            "peak_ratio": layerwise["peak_bytes"] / full["peak_bytes"],
-            "tf_peak_ratio": layerwise["tf_peak_bytes"] / full["tf_peak_bytes"],
-            "host_peak_ratio": layerwise["host_peak_bytes"] / full["host_peak_bytes"],
-            "peak_rss_ratio": layerwise["peak_rss_bytes"] / full["peak_rss_bytes"],
-            "logits_max_abs_diff": float(np.abs(a - b).max()), "argmax_agrees": bool((a.argmax(1) == b.argmax(1)).all()),
-        }
-        print(f"{name}: peak {full['peak_bytes']:,} B full, {layerwise['peak_bytes']:,} B layer-wise "
-              f"({report['models'][name]['peak_ratio']:.2f}x); float32 weights {facts['float32_weight_bytes']:,} B",
-              flush=True)
+    with tempfile.TemporaryDirectory(prefix="layerwise_decode_") as scratch:
+        for config_name in FLAGS.untrained:
+            cdlz, like = _write_untrained(config_name, os.path.join(scratch, config_name), FLAGS.data_dir)
+            runs[f"{config_name}_untrained"] = (
+                "untrained, quantizer steps set on 256 training images, coded into a temporary directory", cdlz, like)
+        for name, (source, cdlz, like) in runs.items():
+            results = {m: _measured(m, cdlz, like) for m in METHODS}
+            full, layerwise = results["full"], results["layerwise"]
+            report["models"][name] = {
+                "source": source, **_file_facts(cdlz, like), "results": results,
+                "peak_ratio": layerwise["peak_bytes"] / full["peak_bytes"],
+                "tf_peak_ratio": layerwise["tf_peak_bytes"] / full["tf_peak_bytes"],
+                "host_peak_ratio": layerwise["host_peak_bytes"] / full["host_peak_bytes"],
+                "peak_rss_ratio": layerwise["peak_rss_bytes"] / full["peak_rss_bytes"],
+                **_agreement(cdlz, like, FLAGS.agreement_images, FLAGS.data_dir),
+            }
+            print(f"{name}: peak {full['peak_bytes']:,} B full, {layerwise['peak_bytes']:,} B layer-wise "
+                  f"({report['models'][name]['peak_ratio']:.2f}x)", flush=True)
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
     atomic_write_json(FLAGS.out, report)
 
