@@ -17,12 +17,15 @@ Each layer computes what it computes in the decoded Keras model with ``training=
 
 then, where the layer has an output quantizer with alphabet ``[lo, hi]`` and stored
 ``log q_a``, ``Q_u(y) = q_a clip(round(y / q_a), lo, hi)``, ``q_a = exp(log q_a)``. The
-outputs are the Keras model's up to float32 rounding.
+outputs are the Keras model's up to float32 rounding: Keras' quantizers compute their
+steps through LSQ's gradient scale (`CDLQuantizer.step_and_softness`), which can move
+``exp(log q)`` by an ulp, as the BatchNorm formula can move ``x scale + shift``; a value
+that lands on a rounding boundary then takes the neighbouring grid point.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -31,7 +34,7 @@ import tf_keras as keras
 from cdl_tf import ops
 from cdl_tf.coded_model import coded_tensors
 from cdl_tf.coding import QuantizedTensor
-from cdl_tf.layer_registry import inner_layer, layer_edges, output_quantizers, weight_attribute
+from cdl_tf.layer_registry import inner_layer, layer_edges, output_quantizers
 
 _layers = keras.layers
 
@@ -158,7 +161,7 @@ class Architecture:
                 output_alphabet=None if quantizer is None else (quantizer.lo, quantizer.hi), releases=releases))
         return cls(tuple(steps), input_name, output_name)
 
-    def stored_names(self) -> set:
+    def stored_names(self) -> Set[str]:
         """Every name the coded file must hold."""
         return {f"{step.name}/{variable}" for step in self.steps for variable in step.tensors}
 
