@@ -156,13 +156,15 @@ def test_layerwise_residual_model_is_the_decoded_keras_model_and_decodes_one_lay
     released = [s for step in architecture.steps for s in step.releases]
     assert sorted(released) == sorted([architecture.input, *order[:-1]])
     steps = {s.name: s for s in architecture.steps}
-    assert set(steps["add"].releases) == {"bn2", "quant_stem_relu"} and set(steps["stem_bn"].tensors) == {"scale", "shift"}
+    assert set(steps["add"].releases) == {"bn2", "quant_stem_relu"}
+    assert set(steps["stem_bn"].tensors) == {"scale", "shift"}
 
 
 def test_layerwise_refuses_coded_weights_of_another_model(lenet300_run):
     architecture = Architecture.from_model(_quantized_lenet300_with_biases())
     lazy = coding.read(lenet300_run / "weights.cdlz", lazy=True)
-    with pytest.raises(ValueError, match=r"coded weights do not fit this model: missing \[\], unexpected \[.*output_log_q"):
+    unexpected = r"coded weights do not fit this model: missing \[\], unexpected \[.*output_log_q"
+    with pytest.raises(ValueError, match=unexpected):
         LayerwiseModel(architecture, lazy)
     fitting = {n: t for n, t in lazy.items() if not n.endswith("output_log_q")}
     lo, hi = architecture.steps[1].tensors["bias"].alphabet  # quant_fc1, after the flatten
