@@ -7,17 +7,21 @@ Methods, each on one batch of test images in a fresh process:
 * ``layerwise``: `tflite_export.layerwise.LayerwiseModel` on the file read lazily, each
   layer's tensors decoded just before it runs and released after.
 
-Measured is the memory that holds weights while decoding and inferring: the peak of the
-bytes TensorFlow's CPU allocator holds (variables, constants, tensors; run with
-``TF_CPU_ALLOCATOR_USE_BFC=true``, without which it counts no allocation below 256 KB)
-above what it held before the architecture was built, plus the peak ``tracemalloc`` traces
-meanwhile (numpy arrays of decoded tensors and their decoding, the file's bytes, Python
-objects). Both methods first build the architecture from the config (``full``: the Keras
-model; ``layerwise``: its layers' configurations, the model and its untrained variables
-released), then start counting, so ``full`` counts the Keras variables that hold its decoded
-weights and neither counts the building. The sum of the two peaks bounds their joint peak
-from above. Each figure is the second of two identical runs in the process (the first warms
-up TensorFlow's kernels); a batch of one image keeps activations small. The process's peak
+Measured is the memory that holds weights while decoding and inferring, the sum of: the peak
+of the bytes TensorFlow's CPU allocator holds (variables, constants, tensors; run with
+``TF_CPU_ALLOCATOR_USE_BFC=true``, without which it counts no allocation below 256 KB) above
+what it held before the architecture was built; the peak ``tracemalloc`` traces meanwhile
+(numpy arrays of decoded tensors and their decoding, the file's bytes, Python objects); and
+the int32 symbols of the largest quantized tensor (4 B per index), which the entropy decoder
+(constriction) allocates unseen by ``tracemalloc`` and which both methods hold while decoding
+that tensor. The sum bounds the joint peak from above. Both methods first build the
+architecture from the config (``full``: the Keras model; ``layerwise``: its layers'
+configurations, the model and its untrained variables released), then start counting, so
+``full`` counts the Keras variables that hold its decoded weights and neither counts the
+building. Each figure is the largest of ``--repeats`` identical runs in the process after a
+first one that warms up TensorFlow's kernels (whether TensorFlow copies a numpy array or
+shares its buffer depends on the array's alignment, which moves a peak by up to one kernel
+between runs); a batch of one image keeps activations small. The process's peak
 resident set size (``VmHWM``) is reported for comparison: the TensorFlow runtime and the
 dataset make it hundreds of MB, against about 1 MB of float32 weights, so it cannot tell the
 methods apart.
@@ -50,6 +54,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Trained files as NAME=CDLZ:RUN_DIR (RUN_DIR holds the run's config.json).")
 flags.DEFINE_list("untrained", ["resnet20_cifar10"], "Configs of configs/ coded untrained (steps set on data).")
 flags.DEFINE_integer("batch_size", 1, "Test images per measured inference.")
+flags.DEFINE_integer("repeats", 3, "Measured runs per process (after one that warms up); the largest peaks count.")
 flags.DEFINE_integer("agreement_images", 1000, "Test images on which the two methods' outputs are compared.")
 flags.DEFINE_string("data_dir", os.environ.get("CDL_DATA_DIR", ""), "Datasets directory ('' -> TFDS).")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results", "layerwise_decode.json"),
@@ -65,8 +70,8 @@ def _test_batch(config, n: int, data_dir: str):
     return next(iter(ds))[0].numpy()
 
 
-def measure(method: str, cdlz: str, like: str, batch_size: int, data_dir: str) -> dict:
-    """Peak weight-holding bytes of ``method`` on one batch (the second of two runs)."""
+def measure(method: str, cdlz: str, like: str, batch_size: int, data_dir: str, repeats: int) -> dict:
+    """Peak weight-holding bytes of ``method`` on one batch: the largest of ``repeats`` runs after a first one."""
     if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") != "true":
         raise RuntimeError("measure in a process started with TF_CPU_ALLOCATOR_USE_BFC=true")
     import gc
@@ -99,19 +104,19 @@ def measure(method: str, cdlz: str, like: str, batch_size: int, data_dir: str) -
         return LayerwiseModel(built, coding.read(cdlz, lazy=True))(x)
 
     x = tf.constant(_test_batch(read_run_config(like), batch_size, data_dir))
-    for _ in range(2):
+    tf_peaks, host_peaks = [], []
+    for _ in range(1 + repeats):
         gc.collect()
         base = tf_bytes("current")
         built = architecture()
         tf.config.experimental.reset_memory_stats("CPU:0")
         tracemalloc.start()
         decode_and_infer(built, x)
-        host_peak = tracemalloc.get_traced_memory()[1]
+        host_peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-        tf_peak = tf_bytes("peak") - base
+        tf_peaks.append(tf_bytes("peak") - base)
         del built
-    return {"tf_peak_bytes": int(tf_peak), "host_peak_bytes": int(host_peak),
-            "peak_bytes": int(tf_peak + host_peak),
+    return {"tf_peak_bytes": int(max(tf_peaks[1:])), "host_peak_bytes": int(max(host_peaks[1:])),
             "peak_rss_bytes": _peak_rss_bytes()}
 
 
@@ -129,13 +134,17 @@ def _file_facts(cdlz: str, like: str) -> dict:
 
     coded = coding.read(cdlz, lazy=True)
     per_layer: dict = {}
+    largest_quantized = 0
     for name in coded:
         t = coded[name]
         per_layer[name.rsplit("/", 1)[0]] = per_layer.get(name.rsplit("/", 1)[0], 0) + int(np.prod(t.shape))
+        if isinstance(t, coding.QuantizedTensor):
+            largest_quantized = max(largest_quantized, t.indices.size)
     return {"cdlz": cdlz, "run": like, "coded_bytes": coded.total_bytes,
             "float32_weight_bytes": 4 * sum(per_layer.values()),
             "largest_layer": max(per_layer, key=per_layer.get),
-            "largest_layer_float32_bytes": 4 * max(per_layer.values())}
+            "largest_layer_float32_bytes": 4 * max(per_layer.values()),
+            "decoder_buffer_bytes": 4 * largest_quantized}
 
 
 def _agreement(cdlz: str, like: str, n: int, data_dir: str) -> dict:
@@ -158,6 +167,8 @@ def _write_untrained(config_name: str, workdir: str, data_dir: str) -> tuple[str
     """``config.json`` and ``weights.cdlz`` of the untrained model of ``configs/<config_name>.py``."""
     import importlib.util
 
+    import tf_keras as keras
+
     from cdl_tf import coding
     from cdl_tf import data as cdl_data
     from cdl_tf.coded_model import coded_tensors
@@ -168,6 +179,7 @@ def _write_untrained(config_name: str, workdir: str, data_dir: str) -> tuple[str
     spec.loader.exec_module(module)  # configs/ is read by path, as --config= reads it
     c = module.get_config()
     c.data_dir = data_dir
+    keras.utils.set_random_seed(c.seed)
     model = build_model(c, validate_config(c))
     ds = cdl_data.make_dataset(c.dataset, "train", 256, data_dir=data_dir or None, training=False, subset=256)
     model(next(iter(ds))[0], training=False)  # the first call sets every quantizer's step q
@@ -183,7 +195,7 @@ def _measured(method: str, cdlz: str, like: str) -> dict:
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run(
         [sys.executable, __file__, f"--measure={method}:{cdlz}:{like}", f"--batch_size={FLAGS.batch_size}",
-         f"--data_dir={FLAGS.data_dir}"],
+         f"--data_dir={FLAGS.data_dir}", f"--repeats={FLAGS.repeats}"],
         check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -192,7 +204,7 @@ def main(argv):
     del argv
     if FLAGS.measure:
         method, cdlz, like = FLAGS.measure.split(":", 2)
-        print(json.dumps(measure(method, cdlz, like, FLAGS.batch_size, FLAGS.data_dir)))
+        print(json.dumps(measure(method, cdlz, like, FLAGS.batch_size, FLAGS.data_dir, FLAGS.repeats)))
         return
     from cdl_tf.io import atomic_write_json
 
@@ -205,9 +217,12 @@ def main(argv):
         runs[name] = ("trained run", cdlz, like)
     report = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "batch_size": FLAGS.batch_size, "agreement_images": FLAGS.agreement_images,
-              "measure": "peak TF CPU allocator bytes (TF_CPU_ALLOCATOR_USE_BFC=true) above the bytes held before the "
-                         "architecture was built + tracemalloc peak, over decoding and inference of one batch, "
-                         "second of two runs in a fresh process per method",
+              "repeats": FLAGS.repeats,
+              "measure": "peak TF CPU allocator bytes (TF_CPU_ALLOCATOR_USE_BFC=true) above the bytes held before "
+                         "the architecture was built + tracemalloc peak, over decoding and inference of one batch, "
+                         "largest of --repeats runs after a warm-up, in a fresh process per method; + "
+                         "decoder_buffer_bytes, the int32 symbols of the largest quantized tensor, which "
+                         "constriction allocates unseen by tracemalloc",
               "models": {}}
     with tempfile.TemporaryDirectory(prefix="layerwise_decode_") as scratch:
         for config_name in FLAGS.untrained:
@@ -215,10 +230,13 @@ def main(argv):
             runs[f"{config_name}_untrained"] = (
                 "untrained, quantizer steps set on 256 training images, coded into a temporary directory", cdlz, like)
         for name, (source, cdlz, like) in runs.items():
+            facts = _file_facts(cdlz, like)
             results = {m: _measured(m, cdlz, like) for m in METHODS}
+            for r in results.values():
+                r["peak_bytes"] = r["tf_peak_bytes"] + r["host_peak_bytes"] + facts["decoder_buffer_bytes"]
             full, layerwise = results["full"], results["layerwise"]
             report["models"][name] = {
-                "source": source, **_file_facts(cdlz, like), "results": results,
+                "source": source, **facts, "results": results,
                 "peak_ratio": layerwise["peak_bytes"] / full["peak_bytes"],
                 "tf_peak_ratio": layerwise["tf_peak_bytes"] / full["tf_peak_bytes"],
                 "host_peak_ratio": layerwise["host_peak_bytes"] / full["host_peak_bytes"],
