@@ -23,6 +23,7 @@ from tflite_export.export import eval_arrays
 from tflite_export.layerwise import Architecture, LayerwiseModel
 
 lenet300_mnist = config_module("lenet300_mnist")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
