@@ -435,10 +435,13 @@ def entropy_bits(theta, q, alpha, lo: int, hi: int, window: Optional[int] = None
 
 
 def hard_index_counts(theta, q, lo: int, hi: int) -> tf.Tensor:
-    """Histogram of the nearest indices ``clip(round(theta / q))`` over ``A`` (float)."""
+    """Histogram of the nearest indices ``clip(round(theta / q))`` over ``A`` (float).
+
+    A NaN value is counted on some level instead of failing (its output, `q_u`, is NaN).
+    """
     theta = tf.convert_to_tensor(theta)
     q = tf.cast(q, theta.dtype)
-    idx = tf.cast(tf.clip_by_value(tf.round(theta / q), float(lo), float(hi)), tf.int32) - lo
+    idx = _index_ids(tf.clip_by_value(tf.round(theta / q), float(lo), float(hi)), lo, hi)
     if _on_tpu():
         return tf.math.unsorted_segment_sum(tf.ones_like(theta), idx, hi - lo + 1)
     return tf.cast(tf.math.bincount(tf.reshape(idx, [-1]), minlength=hi - lo + 1, maxlength=hi - lo + 1), theta.dtype)

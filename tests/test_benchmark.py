@@ -4,6 +4,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from cdl_tf.tools.sweep import Sweep, _check_existing, point_config, quick_confi
 lenet300_mnist = config_module("lenet300_mnist")
 
 SWEEP = Sweep(bits=(4,), lambda_w=(0.05,), lambda_a=(0.005,))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config():
@@ -52,19 +55,25 @@ def bench(tmp_path_factory, data_dir):
         yield outdir, first, second, mtimes
 
 
+def _written(outdir):
+    with open(os.path.join(outdir, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
 def test_one_row_per_method(bench):
     outdir, results, _, _ = bench
     assert [r["method"] for r in results["rows"]] == list(METHODS)
     assert [r["point"] for r in results["rows"]] == [
         "float", "tfmot8", "ptq8", "ste_w4a4", "cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005"]
-    with open(os.path.join(outdir, "results.json")) as f:
-        assert json.load(f)["rows"] == results["rows"]
     md = open(os.path.join(outdir, "results.md")).read()
     assert md.count("\n| ") == 2 + len(results["rows"]) + 2  # 2 headers, rows, 2 published points
 
 
+@pytest.mark.slow
 def test_derived_fields(bench):
-    _, results, _, _ = bench
+    outdir, _, _, _ = bench
+    results = _written(outdir)
     reference = 4 * (784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
     assert results["float32_bytes"] == reference
     for r in results["rows"]:
@@ -83,6 +92,7 @@ def test_derived_fields(bench):
     assert (cdl["first_layer_bits"], cdl["last_layer_bits"]) == (8, 8)
 
 
+@pytest.mark.slow
 def test_plots_written_and_redrawn(bench, tmp_path):
     outdir, results, _, _ = bench
     assert results["plots"] == list(PLOTS)
@@ -94,6 +104,7 @@ def test_plots_written_and_redrawn(bench, tmp_path):
     assert all((tmp_path / name).stat().st_size > 10_000 for name in PLOTS)
 
 
+@pytest.mark.slow
 def test_many_methods_get_their_legend_beside_the_axes(bench, tmp_path):
     """Past LEGEND_INSIDE_MAX methods the legend leaves the axes and the figure widens to hold it."""
     from matplotlib.image import imread
@@ -107,6 +118,7 @@ def test_many_methods_get_their_legend_beside_the_axes(bench, tmp_path):
         assert imread(many / name).shape[1] > 1.5 * imread(few / name).shape[1], name
 
 
+@pytest.mark.slow
 def test_second_run_does_not_retrain(bench):
     outdir, first, second, mtimes = bench
     assert len(mtimes) >= 6 * 2
@@ -114,6 +126,7 @@ def test_second_run_does_not_retrain(bench):
     assert second["rows"] == first["rows"]
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused(bench, data_dir, monkeypatch):
     outdir, _, _, _ = bench
     monkeypatch.setenv("CDL_DATA_DIR", str(data_dir))
@@ -137,6 +150,7 @@ def test_run_made_before_validation_size_existed_is_refused_for_a_split(tmp_path
     _check_existing(point_config(c, Point("float")), str(workdir))
 
 
+@pytest.mark.slow
 def test_ptq_int8_weights_are_coded(bench):
     _, results, _, _ = bench
     ptq = next(r for r in results["rows"] if r["method"] == "ptq8")
@@ -179,6 +193,7 @@ def test_sweep_points_and_errors():
         Sweep(methods=("int4",))
 
 
+@pytest.mark.slow
 def test_finished_runs_tabulate_like_a_sweep(bench, tmp_path):
     outdir, results, _, _ = bench
     by_point = {r["point"]: r for r in results["rows"]}
@@ -261,6 +276,7 @@ def test_paired_difference_is_the_mean_and_standard_error_of_per_example_differe
         aggregate.paired_difference([a[0]], [b[0][:10]])
 
 
+@pytest.mark.slow
 def test_exported_runs_compare_pairwise_on_their_test_set(bench, tmp_path):
     outdir, results, _, _ = bench
     rows = {r["point"]: r for r in results["rows"]}
@@ -280,6 +296,7 @@ def test_exported_runs_compare_pairwise_on_their_test_set(bench, tmp_path):
         compare_runs([(cdl, str(tmp_path))], str(tmp_path))
 
 
+@pytest.mark.slow
 def test_sweep_under_seeds_runs_each_point_per_seed(data_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("CDL_DATA_DIR", str(data_dir))
     sweep = Sweep(bits=(4,), lambda_w=(0.05,), methods=("float", "ptq8"), seeds=(0, 1))
@@ -335,6 +352,7 @@ def test_lineage_ignores_seeds_along_the_chain(tmp_path):
     assert lineage(sampled) != same
 
 
+@pytest.mark.slow
 def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
     outdir, results, _, _ = bench
     cdl = next(r for r in results["rows"] if r["method"] == "cdl")["workdir"]
@@ -350,3 +368,61 @@ def test_tabulated_runs_of_other_seeds_form_one_group(bench, tmp_path):
     assert [(g["method"], g["n"], g["seeds"]) for g in table["summary"]] == [
         ("float", 1, [0]), ("ptq8", 1, [0]), ("cdl", 2, [0, 1])]
     assert table["summary"][2]["coded_kb_std"] == 0.0
+
+
+def _tool(*args: str, data_dir) -> subprocess.CompletedProcess:
+    """``python *args`` from the repository, in a fresh process."""
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, "CDL_DATA_DIR": str(data_dir)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+# cdl-bench with the sweep replaced by a print of what it would run: the sweep and the config as JSON.
+BENCH_ARGUMENTS = r"""
+import dataclasses, json
+from cdl_tf.tools import sweep
+
+def show(config, sweep, outdir):
+    print(json.dumps({"sweep": dataclasses.asdict(sweep), "config": config.to_dict(), "outdir": outdir}))
+    raise SystemExit(0)
+
+sweep.run_sweep = show
+from cdl_tf.tools import bench as tool
+tool.run()
+"""
+
+
+@pytest.mark.slow
+def test_bench_flags_set_the_sweep_and_the_quick_config(tmp_path, data_dir):
+    done = _tool("-c", BENCH_ARGUMENTS, "--quick", "--bits=2,8", "--lambda_w=0.1", "--lambda_a=0.01,0.02",
+                 "--activation_bits=8", "--methods=float,ptq8,cdl", "--seeds=0,3", "--config.epochs=1",
+                 f"--outdir={tmp_path}", data_dir=data_dir)
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    assert shown["sweep"] == {"bits": [2, 8], "lambda_w": [0.1], "lambda_a": [0.01, 0.02], "activation_bits": 8,
+                              "methods": ["float", "ptq8", "cdl"], "seeds": [0, 3]}
+    config = shown["config"]
+    assert (config["model"], config["train_subset"], config["test_subset"]) == ("lenet300_100", 8192, 2000)
+    assert config["epochs"] == 1 and shown["outdir"] == str(tmp_path)  # the command line's override is kept
+
+
+@pytest.mark.slow
+def test_bench_paired_flag_compares_the_runs(bench, tmp_path, data_dir):
+    outdir, _, _, _ = bench
+    cdl, rcdl = (os.path.join(outdir, p) for p in ("cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005"))
+    done = _tool("-m", "cdl_tf.tools.bench", f"--paired={cdl}:{rcdl}", f"--outdir={tmp_path}", data_dir=data_dir)
+    with open(tmp_path / "paired.json") as f:
+        paired = json.load(f)
+    assert [(p["a"], p["b"]) for p in paired["pairs"]] == [(cdl, rcdl)]
+    assert done.stdout == paired_markdown(paired) + "\n"
+
+
+@pytest.mark.slow
+def test_plot_tool_redraws_the_plots_of_a_results_file(bench, tmp_path, data_dir):
+    outdir, _, _, _ = bench
+    done = _tool(os.path.join(ROOT, "tools", "plot.py"), f"--results={outdir}/results.json", f"--outdir={tmp_path}",
+                 data_dir=data_dir)
+    assert done.stdout.splitlines() == [str(tmp_path / name) for name in PLOTS]
+    for name in PLOTS:
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"

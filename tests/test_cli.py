@@ -1,10 +1,14 @@
 """The command-line tools' output: TensorFlow starts quietly, ``-v`` brings its logs back, rate reports
-and export do not retrace, and export shows progress bars. Each tool runs in a fresh process."""
+and export do not retrace, and export shows progress bars; the flags of cdl-export, cdl-evaluate and
+cdl-decode. Each tool runs in a fresh process."""
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +40,22 @@ def trained(tmp_path_factory, data_dir):
     return workdir, done
 
 
+@pytest.fixture(scope="module")
+def exported(trained, data_dir):
+    """``cdl-export`` of the run with the default flags, into ``WORKDIR/export``."""
+    workdir, _ = trained
+    return _cli("tflite_export.export", f"--workdir={workdir}", data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def exported_int8_io(trained, data_dir):
+    """``cdl-export --int8_io`` of the run, calibrated on 2 batches, into ``WORKDIR/export_io``, logging at -v 0."""
+    workdir, _ = trained
+    return _cli("tflite_export.export", f"--workdir={workdir}", f"--out={workdir}/export_io", "--int8_io",
+                "--calibration_batches=2", "--verbosity=0", data_dir=data_dir)
+
+
+@pytest.mark.slow
 def test_training_with_warnings_shown_has_no_retracing(trained):
     _, done = trained
     assert "test accuracy" in done.stdout
@@ -43,21 +63,66 @@ def test_training_with_warnings_shown_has_no_retracing(trained):
     assert "retracing" not in done.stderr, done.stderr[-3000:]
 
 
-def test_export_is_quiet_by_default_and_shows_progress(trained, data_dir):
-    workdir, _ = trained
-    done = _cli("cdl_tf.tools.export", f"--workdir={workdir}", data_dir=data_dir)
-    noise = [line for line in done.stderr.splitlines() if line.strip() and line != LITERT_DELEGATE]
+@pytest.mark.slow
+def test_export_is_quiet_by_default_and_shows_progress(exported):
+    noise = [line for line in exported.stderr.splitlines() if line.strip() and line != LITERT_DELEGATE]
     assert noise == []
-    out = done.stdout.replace("\b", "").replace("\r", "\n")
+    out = exported.stdout.replace("\b", "").replace("\r", "\n")
     assert "calibrating activation ranges on 8 training batches\n" in out and "8/8 [=====" in out
     assert "evaluating Keras Q_u, TFLite int8, TFLite float on 500 test images\n" in out and "3/3 [=====" in out
     assert "accuracy Keras Q_u" in out
 
 
-def test_export_with_verbosity_logs_tensorflow_and_does_not_retrace(trained, data_dir):
-    workdir, _ = trained
-    done = _cli("cdl_tf.tools.export", f"--workdir={workdir}", f"--out={workdir}/export_v", "--verbosity=0",
-                data_dir=data_dir)
-    lines = done.stderr.splitlines()
+@pytest.mark.slow
+def test_export_with_verbosity_logs_tensorflow_and_does_not_retrace(exported_int8_io):
+    lines = exported_int8_io.stderr.splitlines()
     assert ABSL_START in lines and sum(bool(LOG_LINE.match(line)) for line in lines) >= 3
-    assert "retracing" not in done.stderr
+    assert "retracing" not in exported_int8_io.stderr
+
+
+@pytest.mark.slow
+def test_export_with_int8_io_has_int8_inputs_and_outputs_and_the_same_weights(trained, exported, exported_int8_io):
+    from tflite_export.convert import TFLiteModel
+
+    workdir, _ = trained
+    assert "calibrating activation ranges on 2 training batches" in exported_int8_io.stdout
+    models = {}
+    for name in ("export", "export_io"):
+        with open(workdir / name / "export.json") as f:
+            report = json.load(f)
+        assert report["int8_io"] == (name == "export_io")
+        models[name] = TFLiteModel((workdir / name / "model.tflite").read_bytes())
+        io = (models[name].interpreter.get_input_details()[0], models[name].interpreter.get_output_details()[0])
+        assert [d["dtype"] for d in io] == [np.int8 if name == "export_io" else np.float32] * 2, name
+        assert report["accuracy"]["top1_agreement"] >= 0.98, name  # as test_export's bound for the default kernels
+    weights = [{t["name"]: t["value"] for t in m.int8_tensors() if "_kernel_fq" in t["name"]} for m in models.values()]
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) == 4
+    for name, value in weights[0].items():
+        np.testing.assert_array_equal(weights[1][name], value, err_msg=name)
+
+
+@pytest.mark.slow
+def test_evaluate_reads_the_data_from_its_flag(trained, tmp_path, data_dir):
+    workdir, _ = trained
+    with open(workdir / "metrics.json") as f:
+        trained_metrics = json.load(f)
+    with open(workdir / "config.json") as f:
+        assert json.load(f)["data_dir"] == ""  # the run reads $CDL_DATA_DIR, here an empty directory
+    done = _cli("tools.evaluate", f"--workdir={workdir}", f"--data_dir={data_dir}", data_dir=tmp_path)
+    metrics = json.loads(done.stdout)
+    assert "layers" not in metrics and "cdl" not in metrics  # the per-tensor rows are left out
+    assert metrics["test_accuracy"] == pytest.approx(trained_metrics["test_accuracy"])
+    assert metrics["validation_accuracy"] == pytest.approx(trained_metrics["validation_accuracy"])
+    assert metrics["bits_per_weight"] == pytest.approx(trained_metrics["bits_per_weight"])
+
+
+@pytest.mark.slow
+def test_decode_rebuilds_the_exported_model_beside_the_coded_file(trained, exported, tmp_path, data_dir):
+    workdir, _ = trained
+    coded = tmp_path / "weights.cdlz"
+    shutil.copy(workdir / "export" / "weights.cdlz", coded)
+    done = _cli("tflite_export.decode", str(coded), f"--like={workdir}", data_dir=data_dir)
+    out = tmp_path / "decoded"
+    tflite = (out / "model.tflite").read_bytes()
+    assert tflite == (workdir / "export" / "model.tflite").read_bytes()
+    assert done.stdout.strip() == f"wrote {out / 'model.keras'} and {out / 'model.tflite'} ({len(tflite)} B)"

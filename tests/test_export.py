@@ -1,5 +1,8 @@
-"""Export: int8 TFLite weights are the CDL indices, coded weights decode to the same model."""
+"""Export: int8 TFLite weights are the CDL indices, coded weights decode to the same model; what the
+exporter refuses."""
 import json
+import re
+import shutil
 
 import ml_collections
 import numpy as np
@@ -10,7 +13,7 @@ import tf_keras as keras
 import cdl_tf
 from cdl_tf import coding
 from cdl_tf.coded_model import apply_coded, coded_tensors
-from cdl_tf.training import build_model, train_and_evaluate, validate_config
+from cdl_tf.training import build_model, load_run, train_and_evaluate, validate_config
 from conftest import config_module
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
@@ -41,6 +44,7 @@ def _tflite_weight(tm: TFLiteModel, layer: str) -> dict:
     return found[0]
 
 
+@pytest.mark.slow
 def test_int8_weights_are_the_cdl_indices(exported):
     workdir, _ = exported
     with cdl_tf.quantize_scope():
@@ -69,6 +73,7 @@ MAX_DISAGREEMENT = 0.02
 MAX_ACCURACY_GAP = 0.015
 
 
+@pytest.mark.slow
 def test_tflite_agrees_with_keras_hard_model(exported):
     _, report = exported
     acc = report["accuracy"]
@@ -77,6 +82,7 @@ def test_tflite_agrees_with_keras_hard_model(exported):
     assert acc["keras_q_u"] > 0.7  # one epoch on 3000 images; chance is 0.1
 
 
+@pytest.mark.slow
 def test_int8_model_on_other_kernel_sets(exported):
     workdir, report = exported
     other = export_workdir(str(workdir), str(workdir / "export_kernels"), kernels=("builtin", "reference"))
@@ -91,6 +97,7 @@ def test_int8_model_on_other_kernel_sets(exported):
         TFLiteModel((workdir / "export" / "model.tflite").read_bytes(), kernels="gpu")
 
 
+@pytest.mark.slow
 def test_float_tflite_accuracy_is_the_written_models(exported):
     workdir, report = exported
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
@@ -100,13 +107,17 @@ def test_float_tflite_accuracy_is_the_written_models(exported):
     assert report["accuracy"]["tflite_float"] == float((pred == y).mean())
 
 
+@pytest.mark.slow
 def test_export_report_sizes(exported):
-    workdir, report = exported
-    saved = json.loads((workdir / "export" / "export.json").read_text())
-    assert saved == report
+    workdir, _ = exported
+    report = json.loads((workdir / "export" / "export.json").read_text())
     b, bits = report["bytes"], report["bits_per_weight"]
     assert report["quantized_weights"] == 430_500
-    assert b["cdlz_ans"] == (workdir / "export" / "weights.cdlz").stat().st_size
+    assert report["workdir"] == str(workdir) and report["int8_io"] is False
+    for key, name in (("cdlz_ans", "weights.cdlz"), ("tflite_int8", "model.tflite"), ("tflite_float", "model_float.tflite")):
+        assert b[key] == (workdir / "export" / name).stat().st_size, key
+    assert b["float32_weights"] == 4 * (report["quantized_weights"] + report["float_values"])
+    assert bits["cdlz_ans_total"] == pytest.approx(8 * b["cdlz_ans"] / report["quantized_weights"])
     assert b["tflite_int8"] < b["tflite_float"] / 3
     assert b["cdlz_ans"] < b["tflite_int8"]
     # ANS payloads reach the entropy within 1% (+ 32 bits per tensor of coder state).
@@ -114,6 +125,7 @@ def test_export_report_sizes(exported):
     assert bits["huffman_payload"] >= bits["ans_payload"]
 
 
+@pytest.mark.slow
 def test_decoded_model_is_the_exported_model(exported, data_dir):
     workdir, _ = exported
     out = workdir / "decoded"
@@ -138,6 +150,7 @@ def test_decoded_model_is_the_exported_model(exported, data_dir):
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.98
 
 
+@pytest.mark.slow
 def test_corrupted_coded_weights_are_refused(exported, tmp_path):
     workdir, _ = exported
     data = bytearray((workdir / "export" / "weights.cdlz").read_bytes())
@@ -146,6 +159,22 @@ def test_corrupted_coded_weights_are_refused(exported, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(coding.FormatError):
         decode_model(str(bad), str(workdir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer,weight,value", [("quant_conv2", "kernel", np.nan), ("quant_logits", "bias", np.inf)])
+def test_run_with_non_finite_weights_is_refused(exported, tmp_path, layer, weight, value):
+    workdir, _ = exported
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(workdir / "config.json", run)
+    _, model = load_run(str(workdir))
+    variable = next(v for v in model.get_layer(layer).weights if v.name.split("/")[-1].startswith(weight))
+    variable.assign(tf.tensor_scatter_nd_update(variable, [[0] * len(variable.shape)], [value]))
+    model.save(str(run / "model.keras"))
+    with pytest.raises(ExportError, match=rf"non-finite weights \(NaN or inf\) in \['{layer}/{weight}'\]"):
+        export_workdir(str(run), str(run / "export"))
+    assert not (run / "export").exists()
 
 
 def _bn_model():
@@ -171,6 +200,7 @@ def _bn_model():
     return qm, (np.random.RandomState(1).randint(0, 256, (64, 10, 10, 2)) / 255.0).astype("float32")
 
 
+@pytest.mark.slow
 def test_folded_batchnorm_gives_per_channel_scales_with_exact_indices():
     qm, x = _bn_model()
     qm(x, training=True)  # initialise steps
@@ -213,6 +243,7 @@ def test_coded_tensors_round_trip_through_the_container():
         apply_coded(fresh, {k: v for k, v in decoded.items() if not k.startswith("bn1")})
 
 
+@pytest.mark.slow
 def test_quantized_biases_export_as_indices():
     keras.utils.set_random_seed(4)
     inp = keras.Input((8, 8, 1))
@@ -235,6 +266,7 @@ def test_quantized_biases_export_as_indices():
     assert (tm.predict(x).argmax(1) == qm.predict(x, verbose=0).argmax(1)).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_weights_only_mlp_exports_every_kernel_as_cdl_indices():
     """Dense ReLU layers feeding Dense ReLU layers get calibrated int8 ranges (weights-only CDL)."""
     keras.utils.set_random_seed(5)
@@ -328,3 +360,57 @@ def test_coded_weights_of_another_model_are_refused(tmp_path):
         apply_coded(plain, coded(biased))
     with pytest.raises(ValueError, match="quant_conv1/bias: expected quantized indices, got a float tensor"):
         apply_coded(biased, coded(plain))
+
+
+def _cdl_model(hidden, **config) -> keras.Model:
+    """``hidden(inputs)`` on 6x6x1 inputs, then flattened into 3 logits, CDL-quantized."""
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Flatten(name="flat")(hidden(inputs))
+    return cdl_tf.quantize_model(keras.Model(inputs, keras.layers.Dense(3, name="logits")(x)), cdl_tf.CDLConfig(**config))
+
+
+def _sequential():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+
+def _two_outputs():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(3)(inputs)])
+
+
+def _float_kernel():
+    return _cdl_model(lambda x: keras.layers.Conv2D(2, 3, name="conv")(x), skip_layers=("conv",))
+
+
+def _upsampling():
+    return _cdl_model(lambda x: keras.layers.UpSampling2D(name="up")(x))
+
+
+def _sigmoid():
+    return _cdl_model(lambda x: keras.layers.Activation("sigmoid", name="squash")(x))
+
+
+@pytest.mark.parametrize("build,message", [
+    (_sequential, "export needs a Functional model (cdl_tf.quantize_model returns one)"),
+    (_two_outputs, "export supports models with one input and one output"),
+    (_float_kernel, "layer 'conv' is not CDL-quantized; the int8 export needs every kernel quantized"),
+    (_upsampling, "layer 'up' of type UpSampling2D is not supported by the exporter"),
+    (_sigmoid, "activation 'sigmoid' is not supported by the exporter"),
+])
+def test_unsupported_layers_and_patterns_are_refused_naming_them(build, message):
+    """Refused when the graph is built, or else when its function is first traced."""
+    with pytest.raises(ExportError, match=f"^{re.escape(message)}$"):
+        InferenceGraph(build()).function("reference")(tf.zeros([2, 6, 6, 1]))
+
+
+def test_uncalibrated_graph_is_refused_for_int8_and_its_ranges():
+    graph = InferenceGraph(_cdl_model(lambda x: keras.layers.Conv2D(2, 3, activation="relu", name="conv")(x)))
+    with pytest.raises(ExportError, match=r"calibrate the graph \(InferenceGraph.calibrate\) before building the int8"):
+        graph.function("int8")
+    with pytest.raises(ExportError, match="before storing its ranges"):
+        graph.stored_ranges()
+    with pytest.raises(ExportError, match="no calibration batch was given"):
+        graph.calibrate([])
+    with pytest.raises(ValueError, match="mode must be calibrate, int8, float or reference, got 'int4'"):
+        graph.function("int4")

@@ -94,7 +94,7 @@ def test_q_p_mean_matches_q_d_within_four_standard_errors():
     n = 4000
     theta = tf.constant([-2.7, -0.55, -0.1, 0.0, 0.13, 0.2, 0.61, 1.05, 3.5], tf.float64)
     q, alpha = 0.4, 8.0
-    draws = tf.stack([ops.q_p(theta, q, alpha, LO, HI, seed=[7, s]) for s in range(n)])
+    draws = ops.q_p(tf.tile(theta[None], [n, 1]), q, alpha, LO, HI, seed=[7, 0])  # n independent draws of each
     mean = tf.reduce_mean(draws, 0)
     se = tf.math.reduce_std(draws, 0) / np.sqrt(n)
     expected = ops.q_d(theta, q, alpha, LO, HI)
@@ -254,3 +254,19 @@ def test_count_sample_of_the_whole_tensor_or_more_is_exact_and_needs_a_seed():
         ops.quantize_with_counts(theta, 0.3, 20.0, LO, HI, count_sample=10)
     with pytest.raises(ValueError, match="count_sample"):
         ops.quantize_with_counts(theta, 0.3, 20.0, LO, HI, count_sample=0, seed=[0, 1])
+
+
+def test_non_finite_values():
+    """Q_u and Q_ste clip +-inf to the alphabet's ends and keep a NaN NaN, as does Q_d; a non-finite value
+    makes the soft counts (so the rate term and the loss) NaN, while the hard counts still count every
+    value without failing (a NaN on some level)."""
+    q, alpha = 0.25, 20.0
+    theta = tf.constant([0.3, np.nan, np.inf, -np.inf, -0.6])
+    for nearest in (ops.q_u(theta, q, LO, HI), ops.q_ste(theta, q, alpha, LO, HI)):
+        np.testing.assert_array_equal(nearest, [0.25, np.nan, HI * q, LO * q, -0.5])
+    soft = ops.q_d(theta, q, alpha, LO, HI).numpy()
+    assert np.isnan(soft[1]) and np.all(np.isfinite(soft[[0, 4]]))
+    assert np.all(np.isnan(ops.index_pmf(theta, q, alpha, LO, HI))) and np.isnan(ops.entropy_bits(theta, q, alpha, LO, HI))
+    counts = ops.hard_index_counts(theta, q, LO, HI).numpy()
+    assert counts.sum() == 5 and counts[HI - LO] == 1  # +inf at HI
+    assert counts[1 - LO] == 1 and counts[-2 - LO] == 1  # 0.3 -> 1, -0.6 -> -2

@@ -1,6 +1,4 @@
 """quantize_model / quantize_apply, training with fit, rates, serialisation, errors."""
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -77,14 +75,28 @@ def test_config_overrides_and_skips():
     assert isinstance(qm.get_layer("fc"), keras.layers.Dense)
 
 
+@pytest.fixture(scope="module")
+def fitted():
+    """``fitted(mode)``: ``(model, history, evaluation before, evaluation after)`` of the small CNN
+    quantized in ``mode`` and fitted for 6 epochs, trained once per mode for the module."""
+    done = {}
+
+    def get(mode):
+        if mode not in done:
+            x, y = random_data()
+            qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode=mode, lambda_w=0.01, lambda_a=0.01)))
+            before = qm.evaluate(x, y, verbose=0, return_dict=True)
+            hist = qm.fit(x, y, epochs=6, batch_size=32, verbose=0)
+            done[mode] = qm, hist.history, before, qm.evaluate(x, y, verbose=0, return_dict=True)
+        return done[mode]
+
+    return get
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cdl", "rcdl", "ste"])
-def test_fit_trains_in_each_mode(mode):
-    x, y = random_data()
-    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode=mode, lambda_w=0.01, lambda_a=0.01)))
-    before = qm.evaluate(x, y, verbose=0, return_dict=True)
-    hist = qm.fit(x, y, epochs=6, batch_size=32, verbose=0)
-    after = qm.evaluate(x, y, verbose=0, return_dict=True)
-    logs = hist.history
+def test_fit_trains_in_each_mode(fitted, mode):
+    _, logs, before, after = fitted(mode)
     assert {"bits_per_weight", "bits_per_activation"} <= set(logs)
     assert all(np.isfinite(logs["loss"]))
     assert logs["loss"][-1] < logs["loss"][0]
@@ -92,11 +104,11 @@ def test_fit_trains_in_each_mode(mode):
     assert 0 < logs["bits_per_weight"][-1] < 8 and 0 < logs["bits_per_activation"][-1] < 8
 
 
-@pytest.mark.parametrize("mode", ["cdl"])
-def test_activation_count_sample_estimates_the_activation_rate(mode):
+@pytest.mark.slow
+def test_activation_count_sample_estimates_the_activation_rate(fitted):
     """Activation quantizers estimate their rates from a subset; weights keep exact counts."""
     x, y = random_data()
-    config = cdl_tf.CDLConfig(mode=mode, lambda_w=0.01, lambda_a=0.01, activation_count_sample=256)
+    config = cdl_tf.CDLConfig(mode="cdl", lambda_w=0.01, lambda_a=0.01, activation_count_sample=256)
     qm = compile_(cdl_tf.quantize_model(small_cnn(), config))
     samples = {q.kind: q.count_sample for _, q, _ in cdl_tf.model_quantizers(qm)}
     assert samples == {"weight": 0, "activation": 256}
@@ -105,17 +117,19 @@ def test_activation_count_sample_estimates_the_activation_rate(mode):
     # The soft rate of a batch from 256 of its values vs from all of them, on the same weights.
     # With ~16 levels, a 256-value plug-in entropy is off by ~0.04 bits (bias) +- ~0.06 (spread):
     # 0.25 is about four spreads.
-    exact = compile_(cdl_tf.quantize_model(small_cnn(), dataclasses.replace(config, activation_count_sample=0)))
+    exact = fitted("cdl")[0]  # `config` with exact counts; it takes the weights of `qm`
+    assert {q.count_sample for _, q, _ in cdl_tf.model_quantizers(exact)} == {0}
     exact.set_weights(qm.get_weights())
     bits = [m.fit(x[:32], y[:32], epochs=1, batch_size=32, verbose=0, shuffle=False).history["bits_per_activation"][0]
             for m in (qm, exact)]
     assert abs(bits[0] - bits[1]) < 0.25, bits
 
 
+@pytest.mark.slow
 def test_cdl_forward_tensors_lie_on_their_grids():
-    x, _ = random_data(64)
+    x, _ = random_data(32)  # the batch size of the other tests: their compiled kernels apply
     qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(mode="cdl"))
-    qm(x[:8], training=True)  # initialise steps
+    qm(x, training=True)  # initialise steps
     for name, quantizer, variables in cdl_tf.model_quantizers(qm):
         q = float(quantizer.step_and_softness(variables)[0])
         if quantizer.kind == "weight":
@@ -155,6 +169,7 @@ def _bits_after_training(lambda_w):
     return cdl_tf.rate_report(qm).totals["bits_per_weight"]
 
 
+@pytest.mark.slow
 def test_raising_lambda_w_lowers_bits_per_weight():
     low, high = _bits_after_training(0.0), _bits_after_training(0.5)
     assert high < 0.8 * low, (low, high)
@@ -185,11 +200,11 @@ def test_rate_report_totals_match_rows():
     assert "bits/weight" in report.format_table()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
-def test_save_and_load_predicts_identically(tmp_path, fmt):
-    x, y = random_data(64)
-    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(lambda_w=0.01)))
-    qm.fit(x, y, epochs=1, batch_size=32, verbose=0)
+def test_save_and_load_predicts_identically(fitted, tmp_path, fmt):
+    x, _ = random_data(64)
+    qm = fitted("cdl")[0]
     path = str(tmp_path / {"keras": "m.keras", "h5": "m.h5", "savedmodel": "sm"}[fmt])
     qm.save(path)
     with cdl_tf.quantize_scope():
@@ -201,22 +216,25 @@ def test_save_and_load_predicts_identically(tmp_path, fmt):
         assert got == want
 
 
-def test_reestimate_batchnorm_sets_statistics_of_hard_model():
-    x, y = random_data(128)
-    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig()))
-    qm.fit(x, y, epochs=1, batch_size=32, verbose=0)
+@pytest.mark.slow
+def test_reestimate_batchnorm_sets_statistics_of_hard_model(fitted):
+    x, _ = random_data(128)
+    qm = fitted("ste")[0]  # its BatchNorm statistics are read by no other test
+    before = qm.get_layer("bn1").moving_mean.numpy()
     used = cdl_tf.reestimate_batchnorm(qm, [x[i : i + 32] for i in range(0, 128, 32)], steps=3)
     assert used == 3
     # The moving mean equals the average of the hard model's batch means of conv1's output.
     probe = keras.Model(qm.inputs, qm.get_layer("quant_conv1").output)
     means = [probe(x[i : i + 32], training=False).numpy().mean(axis=(0, 1, 2)) for i in range(0, 96, 32)]
     np.testing.assert_allclose(qm.get_layer("bn1").moving_mean.numpy(), np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(qm.get_layer("bn1").moving_mean.numpy(), before)
     assert not any(q.force_hard for _, q, _ in cdl_tf.model_quantizers(qm))
 
 
-def test_rate_schedule_warms_up_lambdas():
+@pytest.mark.slow
+def test_rate_schedule_warms_up_lambdas(fitted):
     x, y = random_data(64)
-    qm = compile_(cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(lambda_w=0.2, lambda_a=0.1)))
+    qm = fitted("cdl")[0]  # trained on: the schedule acts on the rate weights whatever the weights
     seen = []
 
     class Probe(keras.callbacks.Callback):
@@ -324,6 +342,7 @@ def test_unknown_layer_names_in_config_are_rejected():
         cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig(skip_layers=("nope",)))
 
 
+@pytest.mark.slow
 def test_biases_can_be_quantized_and_rate_constrained():
     x, y = random_data(96)
     cfg = cdl_tf.CDLConfig(quantize_biases=True, bias_bits=6, lambda_w=0.01)
@@ -343,6 +362,7 @@ def test_biases_can_be_quantized_and_rate_constrained():
     assert len(cdl_tf.hard_indices(qm)) == 9
 
 
+@pytest.mark.slow
 def test_softness_schedule_anneals_kappa_geometrically():
     x, y = random_data(64)
     cfg = cdl_tf.CDLConfig(train_softness=False, init_kappa=2.0)

@@ -34,6 +34,12 @@ def _load_run(workdir: str):
     config, model = load_run(workdir)
     if config.mode not in CDL_MODES:
         raise ValueError(f"run {workdir!r} is a {config.mode} run; only CDL runs export to the CDL grid")
+    bad = [f"{layer.name}/{v.name.split('/')[-1].split(':')[0]}" for layer in model.layers for v in layer.weights
+           if v.dtype.is_floating and not np.isfinite(v.numpy()).all()]
+    if bad:
+        from tflite_export.graph import ExportError
+
+        raise ExportError(f"run {workdir!r} has non-finite weights (NaN or inf) in {bad}; nothing was exported")
     return config, model
 
 
