@@ -27,7 +27,7 @@ setup(
     packages=find_packages(include=["cdl_tf", "cdl_tf.*", "tflite_export"]) + ["cdl_tf.tools"],
     package_dir={"cdl_tf.tools": "tools"},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "execnet==2.1.2", "hypothesis==6.170.17"]},
     entry_points={
         "console_scripts": [
             "cdl-train=cdl_tf.tools.train:run",

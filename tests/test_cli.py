@@ -44,14 +44,14 @@ def trained(tmp_path_factory, data_dir):
 def exported(trained, data_dir):
     """``cdl-export`` of the run with the default flags, into ``WORKDIR/export``."""
     workdir, _ = trained
-    return _cli("tflite_export.export", f"--workdir={workdir}", data_dir=data_dir)
+    return _cli("cdl_tf.tools.export", f"--workdir={workdir}", data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
 def exported_int8_io(trained, data_dir):
     """``cdl-export --int8_io`` of the run, calibrated on 2 batches, into ``WORKDIR/export_io``, logging at -v 0."""
     workdir, _ = trained
-    return _cli("tflite_export.export", f"--workdir={workdir}", f"--out={workdir}/export_io", "--int8_io",
+    return _cli("cdl_tf.tools.export", f"--workdir={workdir}", f"--out={workdir}/export_io", "--int8_io",
                 "--calibration_batches=2", "--verbosity=0", data_dir=data_dir)
 
 
@@ -108,7 +108,7 @@ def test_evaluate_reads_the_data_from_its_flag(trained, tmp_path, data_dir):
         trained_metrics = json.load(f)
     with open(workdir / "config.json") as f:
         assert json.load(f)["data_dir"] == ""  # the run reads $CDL_DATA_DIR, here an empty directory
-    done = _cli("tools.evaluate", f"--workdir={workdir}", f"--data_dir={data_dir}", data_dir=tmp_path)
+    done = _cli("cdl_tf.tools.evaluate", f"--workdir={workdir}", f"--data_dir={data_dir}", data_dir=tmp_path)
     metrics = json.loads(done.stdout)
     assert "layers" not in metrics and "cdl" not in metrics  # the per-tensor rows are left out
     assert metrics["test_accuracy"] == pytest.approx(trained_metrics["test_accuracy"])
@@ -121,7 +121,7 @@ def test_decode_rebuilds_the_exported_model_beside_the_coded_file(trained, expor
     workdir, _ = trained
     coded = tmp_path / "weights.cdlz"
     shutil.copy(workdir / "export" / "weights.cdlz", coded)
-    done = _cli("tflite_export.decode", str(coded), f"--like={workdir}", data_dir=data_dir)
+    done = _cli("cdl_tf.tools.decode", str(coded), f"--like={workdir}", data_dir=data_dir)
     out = tmp_path / "decoded"
     tflite = (out / "model.tflite").read_bytes()
     assert tflite == (workdir / "export" / "model.tflite").read_bytes()
