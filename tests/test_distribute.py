@@ -5,6 +5,7 @@ Logical devices and multi-worker clusters must be configured before TensorFlow s
 so those runs happen in fresh Python processes.
 """
 import json
+import math
 import os
 import signal
 import socket
@@ -338,7 +339,11 @@ def test_metrics_report_broadcast_and_split_bits(tmp_path, data_dir):
     train_and_evaluate(_small(data_dir, split_at="fc2"), str(tmp_path))
     saved = json.loads((tmp_path / "metrics.json").read_text())
     broadcast, split = saved["communication"]["broadcast"], saved["communication"]["split"]
-    assert broadcast["entropy_bound_bits"] <= broadcast["cdlz_bits"] < broadcast["int8_bits"] < broadcast["float32_bits"]
+    # Format 4 codes kernel columns as multisets, so the file may go below sum N H (not below it minus
+    # the order of the units, log2(n!) per layer: at most 300! and 100! here) but stays near it.
+    order_bits = sum(math.lgamma(n + 1) / math.log(2) for n in (300, 100))
+    assert broadcast["entropy_bound_bits"] - order_bits <= broadcast["cdlz_bits"] < broadcast["int8_bits"]
+    assert broadcast["int8_bits"] < broadcast["float32_bits"]
     assert broadcast["float32_bits"] == 32 * (broadcast["quantized_values"] + broadcast["float_values"])
     assert split["site"] == "fc2" and split["values"] == 100 and split["examples"] == 200
     assert split["float32_bits"] == 32 * split["values"] and split["int8_bits"] == 8 * split["values"]

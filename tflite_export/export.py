@@ -25,7 +25,7 @@ from cdl_tf.export_report import BitsPerWeight, ExportAccuracy, ExportBytes, Exp
 from cdl_tf.io import atomic_write_bytes
 from cdl_tf.training import load_run
 from tflite_export.convert import KERNELS, TFLiteModel, to_tflite
-from tflite_export.graph import InferenceGraph
+from tflite_export.graph import ExportError, InferenceGraph
 
 T = TypeVar("T")
 
@@ -37,8 +37,6 @@ def _load_run(workdir: str):
     bad = [f"{layer.name}/{v.name.split('/')[-1].split(':')[0]}" for layer in model.layers for v in layer.weights
            if v.dtype.is_floating and not np.isfinite(v.numpy()).all()]
     if bad:
-        from tflite_export.graph import ExportError
-
         raise ExportError(f"run {workdir!r} has non-finite weights (NaN or inf) in {bad}; nothing was exported")
     return config, model
 
