@@ -10,7 +10,7 @@ from cdl_tf.experiment_config import CDL_MODES, CDLOptions, ConfigError, Experim
 @dataclasses.dataclass(frozen=True)
 class CDLConfig(CDLOptions):
     """Quantization and rate settings of a CDL model: the fields of `CDLOptions` (the ``cdl``
-    section of an experiment config, where their types, defaults and checks are declared), and
+    section of an experiment config, where their types, defaults and checks are declared) and
 
     Attributes:
       mode: ``cdl`` (forward on ``Q_p`` draws), ``rcdl`` (forward on ``Q_d``) or ``ste``

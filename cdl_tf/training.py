@@ -151,11 +151,14 @@ def _datasets(config, drop_remainder: bool = False):
         config.dataset, "validation", config.batch_size, data_dir=data_dir, training=False,
         validation_size=validation_size,
     ) if validation_size else None
-    test = cdl_data.make_dataset(
-        config.dataset, "test", config.batch_size, data_dir=data_dir, training=False, seed=config.seed,
-        subset=config.test_subset or None,
-    )
-    return train, validation, test
+    return train, validation, test_dataset(config, config.batch_size)
+
+
+def test_dataset(config, batch_size: int):
+    """The test images a run is evaluated on: ``config.test_subset`` of them (all if 0), drawn
+    with ``config.seed``, in batches of ``batch_size``."""
+    return cdl_data.make_dataset(config.dataset, "test", batch_size, data_dir=config.data_dir or None,
+                                 training=False, seed=config.seed, subset=config.test_subset or None)
 
 
 def _first_batch(dataset, n: int) -> np.ndarray:

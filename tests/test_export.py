@@ -13,7 +13,7 @@ import tf_keras as keras
 import cdl_tf
 from cdl_tf import coding
 from cdl_tf.coded_model import apply_coded, coded_tensors
-from cdl_tf.training import build_model, load_run, train_and_evaluate, validate_config
+from cdl_tf.training import _datasets, build_model, load_run, train_and_evaluate, validate_config
 from conftest import config_module
 from tflite_export.convert import TFLiteModel, to_tflite
 from tflite_export.decode import decode_model, decode_to_dir
@@ -76,21 +76,22 @@ MAX_ACCURACY_GAP = 0.015
 @pytest.mark.slow
 def test_tflite_agrees_with_keras_hard_model(exported):
     _, report = exported
-    acc = report["accuracy"]
-    assert acc["top1_agreement"] >= 1 - MAX_DISAGREEMENT, acc
-    assert abs(acc["tflite_int8"] - acc["keras_q_u"]) <= MAX_ACCURACY_GAP, acc
-    assert acc["keras_q_u"] > 0.7  # one epoch on 3000 images; chance is 0.1
+    acc = report.accuracy
+    assert acc.top1_agreement >= 1 - MAX_DISAGREEMENT, acc
+    assert abs(acc.tflite_int8 - acc.keras_q_u) <= MAX_ACCURACY_GAP, acc
+    assert acc.keras_q_u > 0.7  # one epoch on 3000 images; chance is 0.1
 
 
 @pytest.mark.slow
 def test_int8_model_on_other_kernel_sets(exported):
     workdir, report = exported
     other = export_workdir(str(workdir), str(workdir / "export_kernels"), kernels=("builtin", "reference"))
-    acc = other["accuracy"]
-    assert acc["tflite_int8"] == report["accuracy"]["tflite_int8"]  # the same model, converted again
-    for k in ("builtin", "reference"):
-        assert acc[f"top1_agreement_{k}"] >= 1 - MAX_DISAGREEMENT, acc
-        assert abs(acc[f"tflite_int8_{k}"] - acc["keras_q_u"]) <= MAX_ACCURACY_GAP, acc
+    acc = other.accuracy
+    assert acc.tflite_int8 == report.accuracy.tflite_int8  # the same model, converted again
+    assert sorted(acc.kernels) == ["builtin", "reference"]
+    for k, on in acc.kernels.items():
+        assert on.top1_agreement >= 1 - MAX_DISAGREEMENT, (k, on)
+        assert abs(on.tflite_int8 - acc.keras_q_u) <= MAX_ACCURACY_GAP, (k, on)
     with pytest.raises(ValueError, match="unknown kernel sets"):
         export_workdir(str(workdir), str(workdir / "export_bad"), kernels=("xnnpack",))
     with pytest.raises(ValueError, match="kernels must be one of"):
@@ -102,9 +103,9 @@ def test_float_tflite_accuracy_is_the_written_models(exported):
     workdir, report = exported
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     x, y = eval_arrays(config)
-    assert len(y) == report["test_examples"] == 1000
+    assert len(y) == report.test_examples == 1000
     pred = TFLiteModel((workdir / "export" / "model_float.tflite").read_bytes()).predict(x).argmax(1)
-    assert report["accuracy"]["tflite_float"] == float((pred == y).mean())
+    assert report.accuracy.tflite_float == float((pred == y).mean())
 
 
 @pytest.mark.slow
@@ -414,3 +415,17 @@ def test_uncalibrated_graph_is_refused_for_int8_and_its_ranges():
         graph.calibrate([])
     with pytest.raises(ValueError, match="mode must be calibrate, int8, float or reference, got 'int4'"):
         graph.function("int4")
+
+
+def test_export_evaluates_the_test_images_training_evaluated(data_dir):
+    """With a test subset, the images come from the run's seed, in export as in training."""
+    labels = {}
+    for seed in (0, 3):
+        c = lenet5_mnist.get_config()
+        c.data_dir, c.test_subset, c.seed = str(data_dir), 64, seed
+        x, y = eval_arrays(c)
+        _, _, test = _datasets(c)
+        trained_on = np.concatenate([xb.numpy() for xb, _ in test])
+        assert np.array_equal(x, trained_on)
+        labels[seed] = y
+    assert not np.array_equal(labels[0], labels[3])  # another seed, other images

@@ -388,7 +388,7 @@ def test_cdl_run_distilled_from_a_float_run(run, tmp_path, data_dir):
 
     shutil.rmtree(tmp_path / "float")
     report = export_workdir(str(tmp_path / "cdl"), str(tmp_path / "cdl" / "export"))
-    assert report["accuracy"]["keras_q_u"] == pytest.approx(metrics["test_accuracy"])
+    assert report.accuracy.keras_q_u == pytest.approx(metrics["test_accuracy"])
 
 
 @pytest.mark.parametrize("override,field", [({"distill.teacher": "/nonexistent"}, "distill.teacher"),

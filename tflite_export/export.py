@@ -12,7 +12,7 @@ from the default XNNPACK kernels.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Iterator, Sequence, TypeVar
+from typing import Callable, Dict, Iterator, Sequence, TypeVar
 
 import numpy as np
 import tf_keras as keras
@@ -23,7 +23,7 @@ from cdl_tf.coded_model import apply_coded, coded_tensors, entropy_bound_bits
 from cdl_tf.experiment_config import CDL_MODES
 from cdl_tf.export_report import BitsPerWeight, ExportAccuracy, ExportBytes, ExportReport, KernelAccuracy
 from cdl_tf.io import atomic_write_bytes
-from cdl_tf.training import load_run
+from cdl_tf.training import load_run, test_dataset
 from tflite_export.convert import KERNELS, TFLiteModel, to_tflite
 from tflite_export.graph import ExportError, InferenceGraph
 
@@ -42,10 +42,8 @@ def _load_run(workdir: str):
 
 
 def eval_arrays(config) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of the test set a run is evaluated on (``config.test_subset``)."""
-    ds = cdl_data.make_dataset(config.dataset, "test", 500, data_dir=config.data_dir or None, training=False,
-                               subset=config.test_subset or None)
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
+    """Images and labels of the test set a run is evaluated on (`cdl_tf.training.test_dataset`)."""
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in test_dataset(config, 500)))
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -82,8 +80,8 @@ def _predicted_classes(predictors: Dict[str, Callable[[np.ndarray], np.ndarray]]
 
 
 def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_batches: int = 8,
-                   kernels: Sequence[str] = (), progress: bool = False) -> Dict[str, Any]:
-    """Export the run in ``workdir`` into ``out``; returns the contents of ``export.json`` (an `ExportReport`).
+                   kernels: Sequence[str] = (), progress: bool = False) -> ExportReport:
+    """Export the run in ``workdir`` into ``out``; returns its report, as written to ``export.json``.
 
     ``kernels``: LiteRT kernel sets besides the default on which the int8 model is also evaluated.
     ``progress``: show progress bars for the calibration and the test-set evaluation.
@@ -151,4 +149,4 @@ def export_workdir(workdir: str, out: str, int8_io: bool = False, calibration_ba
         int8_io=bool(int8_io),
     )
     report.write(out)
-    return report.to_json()
+    return report

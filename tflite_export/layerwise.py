@@ -32,7 +32,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cdl_tf import ops
-from cdl_tf.coded_model import coded_tensors
+from cdl_tf.coded_model import check_names, checked_value, coded_tensors
 from cdl_tf.coding import QuantizedTensor
 from cdl_tf.layer_registry import inner_layer, layer_edges, output_quantizers
 
@@ -166,23 +166,6 @@ class Architecture:
         return {f"{step.name}/{variable}" for step in self.steps for variable in step.tensors}
 
 
-def _value(name: str, t, expected: StoredTensor) -> np.ndarray:
-    """The float32 value of a decoded tensor, checked against what the architecture stores there."""
-    if expected.alphabet is None:
-        if isinstance(t, QuantizedTensor):
-            raise ValueError(f"{name}: expected a float tensor, got quantized indices")
-        value = np.asarray(t, dtype=np.float32)
-        if value.shape != expected.shape:
-            raise ValueError(f"{name}: shape {value.shape} does not fit {expected.shape}")
-        return value
-    if not isinstance(t, QuantizedTensor):
-        raise ValueError(f"{name}: expected quantized indices, got a float tensor")
-    if (t.lo, t.hi) != expected.alphabet or tuple(t.shape) != expected.shape:
-        raise ValueError(f"{name}: alphabet [{t.lo}, {t.hi}] shape {t.shape} does not fit "
-                         f"{list(expected.alphabet)} {expected.shape}")
-    return t.indices.astype(np.float32) * np.float32(t.q)
-
-
 class LayerwiseModel:
     """Runs `Architecture` on batches, each layer's weights decoded from ``coded`` only while it runs.
 
@@ -191,17 +174,15 @@ class LayerwiseModel:
     """
 
     def __init__(self, architecture: Architecture, coded: Mapping[str, object]):
-        expected = architecture.stored_names()
-        missing, extra = sorted(expected - set(coded)), sorted(set(coded) - expected)
-        if missing or extra:
-            raise ValueError(f"coded weights do not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")
+        check_names(architecture.stored_names(), coded)
         self.architecture = architecture
         self._coded = coded
 
     def _weights(self, step: LayerStep) -> Dict[str, np.ndarray]:
         """The step's variables, decoded now."""
         names = {variable: f"{step.name}/{variable}" for variable in step.tensors}
-        return {v: _value(n, self._coded[n], step.tensors[v]) for v, n in names.items()}
+        return {v: checked_value(n, self._coded[n], step.tensors[v].shape, step.tensors[v].alphabet)
+                for v, n in names.items()}
 
     def __call__(self, x) -> tf.Tensor:
         """The model's output on the batch ``x`` (its Keras ``Q_u`` inference)."""

@@ -28,14 +28,14 @@ def main(argv):
 
     report = export_workdir(FLAGS.workdir, FLAGS.out or os.path.join(FLAGS.workdir, "export"), FLAGS.int8_io,
                             FLAGS.calibration_batches, FLAGS.kernels, progress=True)
-    b, a = report["bytes"], report["accuracy"]
-    print(f"float TFLite {b['tflite_float']} B, int8 TFLite {b['tflite_int8']} B, "
-          f"coded weights {b['cdlz_ans']} B (ANS), {b['cdlz_huffman']} B (Huffman), "
-          f"index entropy {b['entropy_bound_quantized']:.0f} B")
-    print(f"accuracy Keras Q_u {a['keras_q_u']:.4f}, TFLite int8 {a['tflite_int8']:.4f}, "
-          f"agreement {a['top1_agreement']:.4f}; unrounded activations (model_float.tflite) {a['tflite_float']:.4f}")
-    for k in FLAGS.kernels:
-        print(f"TFLite int8 on the {k} kernels {a[f'tflite_int8_{k}']:.4f}, agreement {a[f'top1_agreement_{k}']:.4f}")
+    b, a = report.bytes, report.accuracy
+    print(f"float TFLite {b.tflite_float} B, int8 TFLite {b.tflite_int8} B, "
+          f"coded weights {b.cdlz_ans} B (ANS), {b.cdlz_huffman} B (Huffman), "
+          f"index entropy {b.entropy_bound_quantized:.0f} B")
+    print(f"accuracy Keras Q_u {a.keras_q_u:.4f}, TFLite int8 {a.tflite_int8:.4f}, "
+          f"agreement {a.top1_agreement:.4f}; unrounded activations (model_float.tflite) {a.tflite_float:.4f}")
+    for k, on in a.kernels.items():
+        print(f"TFLite int8 on the {k} kernels {on.tflite_int8:.4f}, agreement {on.top1_agreement:.4f}")
 
 
 def run():

@@ -21,6 +21,13 @@ from typing import Any, Dict, List
 
 import ml_collections
 
+from cdl_tf.export_report import EXPORT_FILE, ExportReport
+from cdl_tf.io import atomic_write_json
+from cdl_tf.results import float32_bytes
+from cdl_tf.run_config import read_run_config
+from cdl_tf.training import ConfigError, train_and_evaluate, validate_config
+from tflite_export.export import export_workdir
+
 PIPELINE_FILE = "pipeline.json"
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "export"
@@ -50,8 +57,6 @@ def final_run(workdir: str) -> str:
 
 def validate_recipe(config) -> None:
     """Check the phase list and every phase's config before anything runs."""
-    from cdl_tf.training import ConfigError, validate_config
-
     order = tuple(config.get("phase_order") or ())
     names = tuple(config.phases.keys())
     if not order or sorted(order) != sorted(names) or len(set(order)) != len(order):
@@ -69,10 +74,6 @@ def validate_recipe(config) -> None:
 
 def run_recipe(config, workdir: str, log=lambda line: print(line, flush=True)) -> Dict[str, Any]:
     """Run (or continue) the recipe ``config`` in ``workdir``; returns the summary."""
-    from cdl_tf.io import atomic_write_json
-    from cdl_tf.training import train_and_evaluate
-    from tflite_export.export import export_workdir
-
     validate_recipe(config)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, PIPELINE_FILE)
@@ -93,7 +94,7 @@ def run_recipe(config, workdir: str, log=lambda line: print(line, flush=True)) -
         log(f"phase {i + 1}/{len(dirs)} {name}: {phase.mode}, {phase.epochs} epochs -> {run_dir}")
         train_and_evaluate(phase, run_dir)
     export_dir = os.path.join(workdir, EXPORT_DIR)
-    if not os.path.isfile(os.path.join(export_dir, "export.json")):
+    if not os.path.isfile(os.path.join(export_dir, EXPORT_FILE)):
         log(f"export {dirs[-1]} -> {export_dir}")
         export_workdir(dirs[-1], export_dir)
     summary = summarize(workdir)
@@ -108,9 +109,6 @@ def summarize(workdir: str) -> Dict[str, Any]:
     ``vs_float32`` divides the float model's float32 size by the coded size; ``vs_int8`` the size
     of the same tensors at one byte per quantized weight and four per other value by it.
     """
-    from cdl_tf.results import float32_bytes
-    from cdl_tf.run_config import read_run_config
-
     with open(os.path.join(workdir, PIPELINE_FILE)) as f:
         config = ml_collections.ConfigDict(json.load(f))
     dirs = phase_dirs(config, workdir)
@@ -120,24 +118,23 @@ def summarize(workdir: str) -> Dict[str, Any]:
             final = json.load(f)  # the last phase's is the shipped model's
         phases.append({"name": name, "mode": config.phases[name].mode, "epochs": final["epochs"],
                        "train_time_s": final["train_time_s"], "validation_accuracy": final.get("validation_accuracy")})
-    with open(os.path.join(workdir, EXPORT_DIR, "export.json")) as f:
-        export = json.load(f)
-    coded = export["bytes"]["cdlz_ans"]
+    export = ExportReport.read(os.path.join(workdir, EXPORT_DIR))
+    coded = export.bytes.cdlz_ans
     reference = float32_bytes(read_run_config(dirs[-1]))
-    int8 = export["quantized_weights"] + 4 * export["float_values"]
-    accuracy = export["accuracy"]["tflite_int8"]
+    int8 = export.quantized_weights + 4 * export.float_values
+    accuracy = export.accuracy.tflite_int8
     return {
         "workdir": os.path.abspath(workdir),
         "accuracy": accuracy, "error": 1.0 - accuracy,
         "validation_accuracy": final.get("validation_accuracy"),
         "coded_bytes": coded, "coded_kb": coded / 1000.0,
-        "bits_per_weight": export["bits_per_weight"]["cdlz_ans_total"],
+        "bits_per_weight": export.bits_per_weight.cdlz_ans_total,
         "bits_per_activation": final.get("bits_per_activation"),
         "float32_bytes": reference, "int8_bytes": int8,
         "vs_float32": reference / coded, "vs_int8": int8 / coded,
         "train_time_s": sum(p["train_time_s"] for p in phases),
         "phases": phases,
-        "test_examples": export["test_examples"],
+        "test_examples": export.test_examples,
     }
 
 

@@ -20,7 +20,7 @@ puts a model in that decoded form, which infers as before up to float32 rounding
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -120,35 +120,46 @@ def _log_of(q: np.float32) -> np.float32:
     return candidates[int(np.argmin(np.abs(values.astype(np.float64) - float(q))))]
 
 
+def check_names(expected: Iterable[str], tensors: Mapping[str, object]) -> None:
+    """Raise `ValueError` unless the decoded ``tensors`` are named exactly ``expected``."""
+    expected = set(expected)
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise ValueError(f"coded weights do not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")
+
+
+def checked_value(name: str, tensor, shape: Tuple[int, ...], alphabet: Optional[Tuple[int, int]]) -> np.ndarray:
+    """The float32 value of decoded tensor ``name`` (``I q`` for quantized indices), after checking that
+    it has ``shape`` and is quantized on ``alphabet = (lo, hi)`` (``None``: a float tensor)."""
+    shape = tuple(shape)
+    if alphabet is None:
+        if isinstance(tensor, QuantizedTensor):
+            raise ValueError(f"{name}: expected a float tensor, got quantized indices")
+        value = np.asarray(tensor, dtype=np.float32)
+        if value.shape != shape:
+            raise ValueError(f"{name}: shape {value.shape} does not fit {shape}")
+        return value
+    if not isinstance(tensor, QuantizedTensor):
+        raise ValueError(f"{name}: expected quantized indices, got a float tensor")
+    if (tensor.lo, tensor.hi) != tuple(alphabet) or tuple(tensor.shape) != shape:
+        raise ValueError(f"{name}: alphabet [{tensor.lo}, {tensor.hi}] shape {tuple(tensor.shape)} does not fit "
+                         f"[{alphabet[0]}, {alphabet[1]}] {shape}")
+    return tensor.indices.astype(np.float32) * np.float32(tensor.q)
+
+
 def apply_coded(model, tensors: Mapping[str, object]) -> None:
     """Set ``model``'s inference weights from decoded tensors (same architecture as at export)."""
     kernels, log_qs, flags = _classify(model)
     expected = _stored_variables(model, log_qs)
     for bn in _affine_batchnorms(model):
         expected[f"{bn.name}/scale"], expected[f"{bn.name}/shift"] = bn.gamma, bn.beta
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ValueError(f"coded weights do not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")
+    check_names(expected, tensors)
     for name, v in expected.items():
-        t = tensors[name]
-        if id(v) in kernels:
-            if not isinstance(t, QuantizedTensor):
-                raise ValueError(f"{name}: expected quantized indices, got a float tensor")
-            quantizer, variables = kernels[id(v)]
-            if (t.lo, t.hi) != (quantizer.lo, quantizer.hi) or tuple(t.shape) != tuple(v.shape):
-                raise ValueError(f"{name}: alphabet [{t.lo}, {t.hi}] shape {t.shape} does not fit "
-                                 f"[{quantizer.lo}, {quantizer.hi}] {tuple(v.shape)}")
-            q = np.float32(t.q)
-            v.assign(t.indices.astype(np.float32) * q)
-            variables["log_q"].assign(_log_of(q))
-        else:
-            if isinstance(t, QuantizedTensor):
-                raise ValueError(f"{name}: expected a float tensor, got quantized indices")
-            value = np.asarray(t, dtype=np.float32)
-            if value.shape != tuple(v.shape):
-                raise ValueError(f"{name}: shape {value.shape} does not fit {tuple(v.shape)}")
-            v.assign(value)
+        quantizer, variables = kernels.get(id(v), (None, None))
+        alphabet = None if quantizer is None else (quantizer.lo, quantizer.hi)
+        v.assign(checked_value(name, tensors[name], v.shape, alphabet))
+        if quantizer is not None:
+            variables["log_q"].assign(_log_of(np.float32(tensors[name].q)))
     for bn in _affine_batchnorms(model):
         bn.moving_mean.assign(tf.zeros_like(bn.moving_mean))
         bn.moving_variance.assign(tf.fill(tf.shape(bn.moving_variance), _unit_variance(bn.epsilon)))
