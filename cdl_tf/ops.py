@@ -253,11 +253,12 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: 
 
     The CPMF lives as ``k`` value-shaped tensors (`_Window`) inside XLA-compiled functions, each
     with one output over the values, which XLA fuses into one loop: ``Q_d``'s forward is a single
-    pass over ``theta``. The backward pass recomputes the CPMF from the inputs: once for the
-    values' gradient and once in each of the reductions that give the gradients of ``q`` and
-    ``alpha``, each a compiled function of one output (XLA on CPU does not fuse several outputs
-    into one loop, and would otherwise store the intermediates they share), run one after
-    another. All come from per-value covariances under the CPMF, with ``d_j = q (delta - o_j)``:
+    pass over ``theta``. The backward pass recomputes the CPMF from the inputs twice, in two
+    compiled functions run one after another: once for the values' gradient, once for the
+    reduction that gives the gradients of ``q`` and ``alpha`` as the real and imaginary parts
+    of one complex sum (XLA on CPU does not fuse several outputs into one loop, and would
+    otherwise store the intermediates they share, or evaluate the CPMF once per output). All
+    come from per-value covariances under the CPMF, with ``d_j = q (delta - o_j)``:
 
         dL/dtheta = 2 alpha q Cov(W, o)
         dL/dalpha = -q^2 (Cov(W, o^2) - 2 delta Cov(W, o))
@@ -270,7 +271,7 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: 
     reaches every value.
 
     Measured on CPU only (`bench/quantizer_kernel.py`, `bench/step_time.py`). XLA on GPU fuses
-    several outputs into one kernel, where the three backward passes could be one; there and on
+    several outputs into one kernel, where the two backward passes could be one; there and on
     TPU the select chains of `_Window.lookup` and the threefry draws cost differently; the
     bincount outside XLA runs as TensorFlow's own GPU kernel, and under `TPUStrategy` as a
     static-size segment sum inside the compiled step.
@@ -294,32 +295,32 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: 
             flat = tf.gather(flat, picks)
         return (out,) + _cpmf_rows(flat, q, alpha, lo, hi, k)
 
-    def grads(part: str):
-        """The gradient of ``theta``, ``q`` or ``alpha``: one output per compiled function."""
+    def grad_theta(theta, q, alpha, g_out, g_counts):
+        w = _Window.of(theta, q, alpha, lo, hi, k)
+        cov1, _ = _covariances(w, g_out, q, w.lookup(g_counts, lo, hi))  # XLA drops the unused second
+        return 2.0 * alpha * q * cov1 / tf.square(w.total)
 
-        def grad(theta, q, alpha, g_out, g_counts):
-            w = _Window.of(theta, q, alpha, lo, hi, k)
-            cov1, cov2 = _covariances(w, g_out, q, w.lookup(g_counts, lo, hi))
-            s2 = tf.square(w.total)
-            if part == "theta":
-                return 2.0 * alpha * q * cov1 / s2
-            if part == "alpha":
-                return _sum_to_shape(-tf.square(q) * (cov2 - 2.0 * w.delta * cov1) / s2, tf.shape(alpha))
-            mean_i = w.nearest * w.total + w.moment_sum(power=1)
-            g_q = (g_out * mean_i * w.total + 2.0 * alpha * q * ((w.delta - w.nearest) * cov1 - cov2)) / s2
-            return _sum_to_shape(g_q, tf.shape(q))
+    def grad_q_alpha(theta, q, alpha, g_out, g_counts):
+        # Both reductions in one pass: the two per-value terms are the real and imaginary
+        # parts of one complex sum, so the CPMF is evaluated once for both.
+        w = _Window.of(theta, q, alpha, lo, hi, k)
+        cov1, cov2 = _covariances(w, g_out, q, w.lookup(g_counts, lo, hi))
+        s2 = tf.square(w.total)
+        mean_i = w.nearest * w.total + w.moment_sum(power=1)
+        g_q = (g_out * mean_i * w.total + 2.0 * alpha * q * ((w.delta - w.nearest) * cov1 - cov2)) / s2
+        g_alpha = -tf.square(q) * (cov2 - 2.0 * w.delta * cov1) / s2
+        both = _sum_to_shape(tf.complex(g_q, g_alpha), tf.broadcast_dynamic_shape(tf.shape(q), tf.shape(alpha)))
+        return _sum_to_shape(tf.math.real(both), tf.shape(q)), _sum_to_shape(tf.math.imag(both), tf.shape(alpha))
 
-        return tf.function(grad, jit_compile=True)
-
-    grad_theta, grad_q, grad_alpha = grads("theta"), grads("q"), grads("alpha")
+    grad_theta = tf.function(grad_theta, jit_compile=True)
+    grad_q_alpha = tf.function(grad_q_alpha, jit_compile=True)
 
     def backward(theta, q, alpha, g_out, g_counts):
-        # One after another: run side by side, the three passes would compete for the cores.
-        out = []
-        for f in (grad_theta, grad_q, grad_alpha):
-            with tf.control_dependencies(out[-1:]):
-                out.append(f(theta, q, alpha, g_out, g_counts))
-        return tuple(out)
+        # One after another: run side by side, the two passes would compete for the cores.
+        g_theta = grad_theta(theta, q, alpha, g_out, g_counts)
+        with tf.control_dependencies([g_theta]):
+            g_q, g_alpha = grad_q_alpha(theta, q, alpha, g_out, g_counts)
+        return g_theta, g_q, g_alpha
 
     kernel = tf.function(kernel, jit_compile=True)
 
