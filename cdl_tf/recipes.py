@@ -52,7 +52,14 @@ def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: 
     c.cdl.lambda_w = lambda_w
 
 
-RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full")
+RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full", "ablation_ste", "ablation_no_rate")
+
+# What each ablation changes in `recipe_full`: the R-CDL phase as uniform QAT (`ste`, the same
+# rate term, from the same float model), or both quantized phases without their rate term.
+ABLATIONS = {
+    "ablation_ste": {"small": {"mode": "ste"}},
+    "ablation_no_rate": {"small": {"cdl.lambda_w": 0.0}, "small_hard": {"cdl.lambda_w": 0.0}},
+}
 
 
 def recipe(**phases: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -75,15 +82,19 @@ def small_model_recipe(c: ml_collections.ConfigDict, variant: str, *, small: Dic
       small       `small_weights(**small)` with the `cdl` fields, `--config.init_from=<float run>`;
       small_hard  `hard_phase(**hard)` of it, `--config.init_from=<small run>`.
     `recipe_full` is the three as one `cdl-train` command (`recipe`); `recipe` the same phases on a
-    budget of minutes (``short``: the epochs of each phase). '' is the file's own config.
+    budget of minutes (``short``: the epochs of each phase); `ablation_ste` and `ablation_no_rate`
+    are `recipe_full` with the changes `ABLATIONS` names. '' is the file's own config.
     """
     check_variant(variant, RECIPE_VARIANTS)
-    if variant in ("recipe", "recipe_full"):
+    if variant in ("recipe", "recipe_full") or variant in ABLATIONS:
         runs = {name: small_model_recipe(c.copy_and_resolve_references(), name, small=small, hard=hard, cdl=cdl,
                                          short=short) for name in ("float", "small", "small_hard")}
         if variant == "recipe":
             for name, epochs in short.items():
                 runs[name].epochs = epochs
+        for name, fields in ABLATIONS.get(variant, {}).items():
+            for field, value in fields.items():
+                runs[name].update_from_flattened_dict({field: value})
         return recipe(**runs)
     if variant == "float":
         c.mode = "float"

@@ -228,9 +228,32 @@ def test_every_config_variant_validates(module, variant):
     if pipeline.is_recipe(config):
         pipeline.validate_recipe(config)
         assert config.phase_order == ("float", "small", "small_hard")
-        assert [config.phases[n].mode for n in config.phase_order] == ["float", "rcdl", "ste"]
+        modes = [config.phases[n].mode for n in config.phase_order]
+        assert modes == ["float", "ste" if variant == "ablation_ste" else "rcdl", "ste"]
+        full = module.get_config("recipe_full")
+        rates = [config.phases[n].cdl.lambda_w for n in ("small", "small_hard")]
+        full_rates = [full.phases[n].cdl.lambda_w for n in ("small", "small_hard")]
+        assert rates == ([0.0, 0.0] if variant == "ablation_no_rate" else full_rates)
+        assert min(full_rates) > 0
+        if variant.startswith("ablation_"):  # the rest of the recipe is recipe_full's
+            changed = {"ablation_ste": {"small.mode"},
+                       "ablation_no_rate": {"small.cdl.lambda_w", "small_hard.cdl.lambda_w"}}[variant]
+            flat, flat_full = config.phases.to_dict(), full.phases.to_dict()
+            differ = {f"{n}.{k}" for n in flat for k, v in _flatten(flat[n]).items()
+                      if _flatten(flat_full[n])[k] != v}
+            assert differ == changed
     else:
         validate_config(config)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def test_unknown_config_variant_is_named():
