@@ -216,11 +216,16 @@ class CDLQuantizer(_Quantizer):
         return self._count
 
     def step_and_softness(self, weights, grad_scale: bool = False):
-        """``(q, alpha)`` from the log-variables; optionally with LSQ gradient scaling of ``q``."""
+        """``(q, alpha)`` from the log-variables; optionally with LSQ gradient scaling of ``q``.
+
+        The scaled gradient leaves the value alone: ``log q + (s log q - sg(s log q))`` is
+        ``log q`` bit for bit (the bracket is exactly 0), so training, export and decoding
+        all see the same ``q = exp(log q)``.
+        """
         log_q = weights["log_q"]
         if grad_scale and self.step_grad_scale:
             s = 1.0 / math.sqrt(self._count * self.hi)
-            log_q = log_q * s + tf.stop_gradient(log_q * (1.0 - s))
+            log_q = tf.stop_gradient(log_q) + (log_q * s - tf.stop_gradient(log_q * s))
         q = tf.exp(log_q)
         soft = tf.exp(weights["log_softness"])
         alpha = ops.alpha_from_kappa(soft, q) if self.softness_param == "kappa" else soft

@@ -315,6 +315,24 @@ def test_config_validation_names_the_field(kwargs, field):
         cdl_tf.CDLConfig(**kwargs)
 
 
+def test_step_gradient_scale_keeps_the_step_exact():
+    """LSQ's scaled gradient of ``log q`` changes the gradient only: the step is ``exp(log q)`` bit
+    for bit (what export and decoding use), and its gradient is ``s q`` with ``s = 1/sqrt(N hi)``."""
+    from cdl_tf.quantizers import CDLWeightQuantizer
+
+    layer = keras.layers.Layer()
+    quantizer = CDLWeightQuantizer(bits=4, lo=-7, hi=7)
+    weights = quantizer.build((3, 3, 16, 32), "kernel", layer)
+    s = 1.0 / np.sqrt(3 * 3 * 16 * 32 * 7)
+    rng = np.random.RandomState(0)
+    for log_q in rng.uniform(-8.0, 1.0, 200).astype(np.float32):
+        weights["log_q"].assign(log_q)
+        with tf.GradientTape() as tape:
+            q, _ = quantizer.step_and_softness(weights, grad_scale=True)
+        assert q.numpy() == tf.exp(weights["log_q"]).numpy(), log_q
+        np.testing.assert_allclose(tape.gradient(q, weights["log_q"]).numpy(), s * q.numpy(), rtol=1e-6)
+
+
 def test_weight_init_step_scale_multiplies_the_weights_initial_step_only():
     x, _ = random_data(32)
     steps = []
