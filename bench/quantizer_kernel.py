@@ -69,6 +69,7 @@ def main(argv):
         return tape.gradient(loss, x)
 
     functions = {"relu": relu_fwd_bwd}
+
     def case(value, window, count_sample):
         """``(forward, forward+backward)`` of one value mode, window and count estimate."""
         def quantize():
@@ -117,7 +118,8 @@ def main(argv):
         "values": int(np.prod(SHAPE)), "input_bytes": input_bytes, "alphabet": [LO, HI], "kappa": KAPPA,
         "count_sample": FLAGS.count_sample,
         "targets": {"forward_backward_vs_relu_time": 8.0, "forward_backward_peak_vs_input": 6.0},
-        "repeats": FLAGS.repeats, "rounds": FLAGS.rounds, "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "repeats": FLAGS.repeats, "rounds": FLAGS.rounds,
+        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "relu_forward_backward": baseline, "cases": cases,
     }
     os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)

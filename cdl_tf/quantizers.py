@@ -225,7 +225,8 @@ class CDLQuantizer(_Quantizer):
         log_q = weights["log_q"]
         if grad_scale and self.step_grad_scale:
             s = 1.0 / math.sqrt(self._count * self.hi)
-            log_q = tf.stop_gradient(log_q) + (log_q * s - tf.stop_gradient(log_q * s))
+            scaled = log_q * s
+            log_q = tf.stop_gradient(log_q) + (scaled - tf.stop_gradient(scaled))
         q = tf.exp(log_q)
         soft = tf.exp(weights["log_softness"])
         alpha = ops.alpha_from_kappa(soft, q) if self.softness_param == "kappa" else soft

@@ -52,14 +52,14 @@ def hard_phase(c: ml_collections.ConfigDict, *, lambda_w: float, learning_rate: 
     c.cdl.lambda_w = lambda_w
 
 
-RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full", "ablation_ste", "ablation_no_rate")
-
 # What each ablation changes in `recipe_full`: the R-CDL phase as uniform QAT (`ste`, the same
 # rate term, from the same float model), or both quantized phases without their rate term.
 ABLATIONS = {
     "ablation_ste": {"small": {"mode": "ste"}},
     "ablation_no_rate": {"small": {"cdl.lambda_w": 0.0}, "small_hard": {"cdl.lambda_w": 0.0}},
 }
+
+RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full") + tuple(ABLATIONS)
 
 
 def recipe(**phases: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

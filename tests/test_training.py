@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import cdl_tf
 from cdl_tf.experiment_config import CDL_MODES, MODES
-from cdl_tf.recipes import RECIPE_VARIANTS
+from cdl_tf.recipes import ABLATIONS, RECIPE_VARIANTS
 from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, load_run, train_and_evaluate, validate_config
 from cdl_tf.tools.train import summary
 from conftest import config_module
@@ -236,8 +236,7 @@ def test_every_config_variant_validates(module, variant):
         assert rates == ([0.0, 0.0] if variant == "ablation_no_rate" else full_rates)
         assert min(full_rates) > 0
         if variant.startswith("ablation_"):  # the rest of the recipe is recipe_full's
-            changed = {"ablation_ste": {"small.mode"},
-                       "ablation_no_rate": {"small.cdl.lambda_w", "small_hard.cdl.lambda_w"}}[variant]
+            changed = {f"{n}.{f}" for n, fields in ABLATIONS[variant].items() for f in fields}
             flat, flat_full = config.phases.to_dict(), full.phases.to_dict()
             differ = {f"{n}.{k}" for n in flat for k, v in _flatten(flat[n]).items()
                       if _flatten(flat_full[n])[k] != v}
