@@ -300,6 +300,10 @@ class CDLOptions(Section):
       layer_bits: per-layer overrides ``{layer name: (weight bits, activation bits)}``.
       lambda_w: loss units per bit per quantized weight (model average).
       lambda_a: loss units per bit per activation value (model average).
+      distortion_weight: ``mu`` of the rate-distortion objective's distortion term
+        ``mu/2 sum_i F_i (Q_u(theta_i) - theta_i)^2`` on the quantized weights, ``F`` their
+        diagonal Fisher at the float model ``init_from`` (`cdl_tf.rate_distortion`); ``0``: off.
+      fisher_examples: training examples whose per-example gradients estimate ``F``.
     """
 
     ELSEWHERE: ClassVar[Mapping[str, str]] = {"mode": "the training mode is config.mode",
@@ -326,6 +330,8 @@ class CDLOptions(Section):
     layer_bits: Dict[str, Tuple[int, int]] = setting({}, _layer_bits, older={})
     lambda_w: float = setting(0.0, at_least(0))
     lambda_a: float = setting(0.0, at_least(0))
+    distortion_weight: float = setting(0.0, at_least(0), older=0.0)
+    fisher_examples: int = setting(256, above(0), older=256)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -80,6 +80,20 @@ def q_u(theta: tf.Tensor, q: tf.Tensor, lo: int, hi: int) -> tf.Tensor:
     return q * tf.clip_by_value(tf.round(theta / q), float(lo), float(hi))
 
 
+def weighted_distortion(theta: tf.Tensor, q: tf.Tensor, lo: int, hi: int, importance: tf.Tensor) -> tf.Tensor:
+    """``1/2 sum_i F_i (Q_u(theta_i) - theta_i)^2`` with ``F = importance`` (`cdl_tf.rate_distortion`).
+
+    The level ``clip(round(theta / q), lo, hi)`` is held fixed, so the gradient pulls each value
+    towards its nearest reconstruction point, ``-F_i (Q_u(theta_i) - theta_i)``, and the step
+    towards the points of the values that matter: ``sum_i F_i (Q_u(theta_i) - theta_i) l_i``.
+    """
+    theta = tf.convert_to_tensor(theta)
+    q = tf.cast(q, theta.dtype)
+    levels = tf.stop_gradient(tf.clip_by_value(tf.round(theta / q), float(lo), float(hi)))
+    error = q * levels - theta
+    return 0.5 * tf.reduce_sum(tf.cast(importance, theta.dtype) * tf.square(error))
+
+
 def _window_size(lo: int, hi: int, window: Optional[int]) -> int:
     """Number of levels on which the CPMF is evaluated."""
     size = hi - lo + 1

@@ -117,7 +117,7 @@ class QuantizePlanner:
             lo, hi = c.weight_range(bits)
             weights[attr] = CDLWeightQuantizer(
                 bits, lo, hi, window=c.weight_window, init_step_scale=c.weight_init_step_scale,
-                rate_weight=c.lambda_w,
+                rate_weight=c.lambda_w, distortion_weight=c.distortion_weight,
                 rate_normalizer=self.n_weights, **self._quantizer_args(),
             )
         if plan["site"] is not None:

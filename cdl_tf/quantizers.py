@@ -318,9 +318,37 @@ def flagged(quantizers: Iterable[CDLQuantizer], flag: str) -> Iterator[None]:
 
 
 class CDLWeightQuantizer(CDLQuantizer):
-    """Quantizer of a layer's kernel; ``rate_normalizer`` is the model's quantized weight count."""
+    """Quantizer of a layer's kernel; ``rate_normalizer`` is the model's quantized weight count.
+
+    ``distortion_weight`` ``mu > 0`` adds the rate-distortion objective's distortion
+    ``mu/2 sum_i F_i (Q_u(theta_i) - theta_i)^2`` to the training loss, with ``F`` the weights'
+    ``importance`` (their diagonal Fisher, `cdl_tf.rate_distortion.set_importance`), which must be
+    set before a training call is traced.
+    """
 
     kind = "weight"
+
+    def __init__(self, *args, distortion_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if distortion_weight < 0:
+            raise ValueError(f"distortion_weight must be >= 0, got {distortion_weight!r}")
+        self.distortion_weight = float(distortion_weight)
+        self.importance: Optional[tf.Tensor] = None
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        values = super().__call__(inputs, training, weights, **kwargs)
+        if training and not self.force_hard and self.distortion_weight and _in_layer_call():
+            if self.importance is None:
+                raise ValueError(f"{self._name}: distortion_weight > 0 needs the weights' importance; set it with "
+                                 "cdl_tf.rate_distortion.set_importance before training")
+            q, _ = self.step_and_softness(weights, grad_scale=True)
+            x = tf.convert_to_tensor(inputs)
+            self._layer.add_loss(self.distortion_weight * ops.weighted_distortion(
+                x, tf.cast(q, x.dtype), self.lo, self.hi, self.importance))
+        return values
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "distortion_weight": self.distortion_weight}
 
     @staticmethod
     def _value_count(tensor_shape) -> int:

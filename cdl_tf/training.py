@@ -28,6 +28,7 @@ import time
 from typing import Any, Dict, Optional
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
@@ -42,6 +43,7 @@ from cdl_tf.distribute import make_strategy
 from cdl_tf.experiment_config import AUGMENT, CDL_MODES, ConfigError, ExperimentConfig, is_finished_run
 from cdl_tf.io import atomic_write_json
 from cdl_tf.quantize import model_quantizers, quantize_model, quantize_scope
+from cdl_tf.rate_distortion import diagonal_fisher, set_importance
 from cdl_tf.report import rate_report
 from cdl_tf.run_config import read_run_config
 
@@ -67,13 +69,15 @@ def _optimizer(config, steps_per_epoch: int):
     return keras.optimizers.SGD(lr, momentum=o.momentum, nesterov=True)
 
 
-def build_model(config, cdl_config: CDLConfig) -> keras.Model:
+def build_model(config, cdl_config: CDLConfig, train: Optional[tf.data.Dataset] = None) -> keras.Model:
     """The float model of the config, quantized as its mode says (weights from ``init_from``).
 
     ``init_from`` is a float run of the same model, or a CDL run (cdl, rcdl, ste) with the
     same quantization plan: then a CDL mode continues from its weights and steps ``q``, with
     this config's rate weights and initial softness (e.g. a final hard-forward ``ste`` phase);
-    its alphabets may grow (more bits), not shrink.
+    its alphabets may grow (more bits), not shrink. With ``config.cdl.distortion_weight`` the
+    weights' importance is estimated on ``train`` at the float model ``init_from``
+    (`cdl_tf.rate_distortion`); without ``train`` (a model to evaluate) it is not.
     """
     info = cdl_data.dataset_info(config.dataset)
     model = cdl_models.get_model(config.model, info.input_shape, info.num_classes, config.optimizer.weight_decay)
@@ -90,9 +94,17 @@ def build_model(config, cdl_config: CDLConfig) -> keras.Model:
             raise ConfigError(f"config.init_from: {config.init_from!r} is a CDL run; continuing it needs a CDL mode "
                               f"({', '.join(CDL_MODES)}), not {config.mode!r}")
     if config.mode in CDL_MODES:
+        fisher = None
+        if cdl_config.distortion_weight and train is not None:
+            if not config.init_from or source is not None:
+                raise ConfigError("config.cdl.distortion_weight: the weights' importance is estimated at a trained "
+                                  "float model; set config.init_from to a float run")
+            fisher = diagonal_fisher(model, train, cdl_config.fisher_examples)
         qmodel = quantize_model(model, cdl_config)
         if source is not None:
             _continue_cdl_run(qmodel, source, cdl_config, config.init_from)
+        if fisher is not None:
+            set_importance(qmodel, fisher)
         return qmodel
     if config.mode == "tfmot8":
         return tfmot.quantization.keras.quantize_model(model)
@@ -202,7 +214,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     train, validation, test = _datasets(config, drop_remainder=strategy.num_replicas_in_sync > 1)
     steps_per_epoch = int(train.cardinality())
     with strategy.scope():
-        model = build_model(config, cdl_config)
+        model = build_model(config, cdl_config, train)
         fitted = _with_teacher(model, config, train)
         fitted.compile(optimizer=_optimizer(config, steps_per_epoch), **_compile_args())
     _check_split_at(model, config)

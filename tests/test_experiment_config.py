@@ -34,6 +34,8 @@ BASE_CONFIG = {
     "distill": {"teacher": "", "weight": 0.5, "temperature": 4.0},
     "bn_reestimate_steps": 50, "strategy": "default", "split_at": "", "verbose": 2,
 }
+# Fields added after the schema, at their defaults (what older runs did: `OLDER`).
+ADDED = {"cdl.distortion_weight": 0.0, "cdl.fisher_examples": 256}
 # What `CDLConfig()` was before.
 CDL_CONFIG = {
     "weight_bits": 4, "activation_bits": 4, "first_layer_bits": 8, "last_layer_bits": 8, "layer_bits": {},
@@ -48,7 +50,7 @@ OLDER = {
     "augment": "auto", "final_kappa": 0.0, "split_at": "",
     "distill": {"teacher": "", "weight": 0.5, "temperature": 4.0},  # no distillation
     "cdl.activation_count_sample": 0, "cdl.weight_init_step_scale": 1.0, "cdl.quantize_biases": False,
-    "cdl.bias_bits": 8, "cdl.skip_layers": [], "cdl.layer_bits": {},
+    "cdl.bias_bits": 8, "cdl.skip_layers": [], "cdl.layer_bits": {}, **ADDED,
 }
 
 
@@ -81,10 +83,10 @@ def _config(**overrides):
 
 def test_defaults_are_those_before_the_schema():
     got = _leaves(base_config().to_dict())
-    want = _leaves(BASE_CONFIG)
+    want = {**_leaves(BASE_CONFIG), **ADDED}
     assert got == want
     assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}  # the flags' types
-    assert dataclasses.asdict(CDLConfig()) == CDL_CONFIG
+    assert dataclasses.asdict(CDLConfig()) == {**CDL_CONFIG, **{k.split(".")[1]: v for k, v in ADDED.items()}}
     assert validate_config(base_config()) == CDLConfig()
 
 
@@ -141,6 +143,8 @@ BAD_VALUES = [
     ("cdl.layer_bits", {"fc1": (4, 4), "conv2": (12, 4)}, r"the bits of layer 'conv2' must be in \[2, 8\]"),
     ("cdl.lambda_w", -0.1, "must be >= 0"),
     ("cdl.lambda_a", float("nan"), "must be >= 0"),
+    ("cdl.distortion_weight", -1.0, "must be >= 0"),
+    ("cdl.fisher_examples", 0, "must be > 0"),
     ("rate_warmup_epochs", -1, "must be >= 0"),
     ("final_kappa", -1.0, "must be >= 0"),
     ("distill.teacher", "/nonexistent", r"is not a finished run \(no config.json and model.keras\)"),
