@@ -14,7 +14,9 @@ class CDLConfig(CDLOptions):
 
     Attributes:
       mode: ``cdl`` (forward on ``Q_p`` draws), ``rcdl`` (forward on ``Q_d``) or ``ste``
-        (forward on ``Q_u``, gradient of ``Q_d``: uniform QAT without sampling).
+        (forward on ``Q_u``, gradient of ``Q_d``: uniform QAT without sampling), or ``epr`` (as
+        ``ste``, with EPR's learned probability model under additive noise as the weights' rate:
+        `cdl_tf.epr`; weights only).
       seed: base seed of the ``Q_p`` draws.
 
     A bad field raises `ConfigError` (a `ValueError`) naming it: ``CDLConfig.weight_bits: ...``.

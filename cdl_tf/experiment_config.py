@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import ml_collections
 
-CDL_MODES = ("cdl", "rcdl", "ste")  # the modes that train CDL quantizers (`CDLConfig.mode`)
+CDL_MODES = ("cdl", "rcdl", "ste", "epr")  # the modes that train CDL quantizers (`CDLConfig.mode`)
 MODES = ("float", *CDL_MODES, "tfmot8")  # every training mode (`config.mode`)
 SOFTNESS_PARAMS = ("kappa", "alpha")  # the trained log softness: kappa = alpha q^2, or alpha
 WEIGHT_ALPHABETS = ("symmetric", "full")
@@ -368,8 +368,8 @@ class ExperimentConfig(Section):
         (`cdl_tf.data.make_dataset`, whose default is the same), on which training reports;
         ``0``: none, training then shows no validation metrics (as runs made before the field).
       augment: training images: ``on``, ``off`` or ``auto`` (the dataset's default: on for CIFAR).
-      mode: one of `MODES`: ``float``, the CDL modes `CDL_MODES` (``cdl``, ``rcdl``, ``ste``:
-        `CDLConfig.mode`) or ``tfmot8`` (TF-MOT 8-bit QAT).
+      mode: one of `MODES`: ``float``, the CDL modes `CDL_MODES` (``cdl``, ``rcdl``, ``ste``,
+        ``epr``: `CDLConfig.mode`) or ``tfmot8`` (TF-MOT 8-bit QAT).
       seed: of the weights' initialisation, the data order and the ``Q_p`` draws.
       init_from: workdir of a finished run whose model weights start this one.
       rate_warmup_epochs: ramp ``lambda_w``, ``lambda_a`` linearly over these epochs.
@@ -428,6 +428,8 @@ class ExperimentConfig(Section):
                  f"must be an integer in [0, epochs={self.epochs}), got {self.optimizer.warmup_epochs!r}")
         _require(not self.final_kappa or (not self.cdl.train_softness and self.cdl.softness_param == "kappa"),
                  "final_kappa", "annealing kappa needs cdl.train_softness=False and cdl.softness_param='kappa'")
+        _require(self.mode != "epr" or not self.cdl.quantize_activations, "cdl.quantize_activations",
+                 "mode 'epr' codes weights only; set cdl.quantize_activations=False")
         _require(not self.split_at or (self.mode in CDL_MODES and self.cdl.quantize_activations), "split_at",
                  f"needs a CDL mode ({', '.join(CDL_MODES)}) with quantized activations")
         if self.distill.teacher:

@@ -33,7 +33,7 @@ PUBLISHED = (
 )
 
 PLOTS = ("accuracy_vs_bits_per_weight.png", "accuracy_vs_bits_per_activation.png", "error_vs_coded_kb.png")
-_MARKERS = {"float": "s", "tfmot8": "^", "ptq8": "v", "ste": "D", "cdl": "o", "rcdl": "P"}
+_MARKERS = {"float": "s", "tfmot8": "^", "ptq8": "v", "ste": "D", "cdl": "o", "rcdl": "P", "epr": "d"}
 _PUBLISHED_MARKERS = ("*", "X", "h", "p")
 
 

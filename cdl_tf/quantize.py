@@ -33,6 +33,7 @@ from cdl_tf.config import CDLConfig
 from cdl_tf.layer_registry import output_quantizers, relu_output, rule, weight_attribute, weight_quantizers
 from cdl_tf.quantize_config import CDLQuantizeConfig, CDLQuantizeScheme, QuantizeWrapperV2
 from cdl_tf.quantize_plan import QuantizePlanner
+from cdl_tf.epr import EPRWeightQuantizer
 from cdl_tf.quantizers import CDLActivationQuantizer, CDLQuantizer, CDLWeightQuantizer, flagged
 
 _tfq = tfmot.quantization.keras
@@ -110,6 +111,7 @@ def _custom_objects() -> Dict[str, type]:
         "CDLQuantizeConfig": CDLQuantizeConfig,
         "CDLWeightQuantizer": CDLWeightQuantizer,
         "CDLActivationQuantizer": CDLActivationQuantizer,
+        "EPRWeightQuantizer": EPRWeightQuantizer,
     }
 
 

@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple
 from cdl_tf.config import CDLConfig
 from cdl_tf.layer_registry import (RELU_ACTIVATIONS, activation_name, inner_layer, layer_edges, quantizes_input,
                                    relu_output, weight_attribute)
+from cdl_tf.epr import EPRWeightQuantizer
 from cdl_tf.quantize_config import CDLQuantizeConfig
 from cdl_tf.quantizers import CDLActivationQuantizer, CDLWeightQuantizer
 
@@ -115,7 +116,7 @@ class QuantizePlanner:
         for attr in plan["weight_attrs"]:
             bits = c.bias_bits if attr == "bias" else plan["weight_bits"]
             lo, hi = c.weight_range(bits)
-            weights[attr] = CDLWeightQuantizer(
+            weights[attr] = (EPRWeightQuantizer if c.mode == "epr" else CDLWeightQuantizer)(
                 bits, lo, hi, window=c.weight_window, init_step_scale=c.weight_init_step_scale,
                 rate_weight=c.lambda_w, distortion_weight=c.distortion_weight,
                 rate_normalizer=self.n_weights, **self._quantizer_args(),

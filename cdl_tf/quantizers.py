@@ -33,7 +33,7 @@ from tf_keras.src.engine import base_layer_utils
 from cdl_tf import ops
 from cdl_tf.experiment_config import CDL_MODES as MODES, SOFTNESS_PARAMS
 
-_MODE_VALUE = {"cdl": "sample", "rcdl": "soft", "ste": "nearest"}
+_MODE_VALUE = {"cdl": "sample", "rcdl": "soft", "ste": "nearest", "epr": "nearest"}  # epr: `cdl_tf.epr`
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 
@@ -337,15 +337,20 @@ class CDLWeightQuantizer(CDLQuantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         values = super().__call__(inputs, training, weights, **kwargs)
-        if training and not self.force_hard and self.distortion_weight and _in_layer_call():
-            if self.importance is None:
-                raise ValueError(f"{self._name}: distortion_weight > 0 needs the weights' importance; set it with "
-                                 "cdl_tf.rate_distortion.set_importance before training")
-            q, _ = self.step_and_softness(weights, grad_scale=True)
-            x = tf.convert_to_tensor(inputs)
-            self._layer.add_loss(self.distortion_weight * ops.weighted_distortion(
-                x, tf.cast(q, x.dtype), self.lo, self.hi, self.importance))
+        if training and not self.force_hard:
+            self._add_distortion(tf.convert_to_tensor(inputs), weights)
         return values
+
+    def _add_distortion(self, x: tf.Tensor, weights) -> None:
+        """Add ``mu/2 sum_i F_i (Q_u(x_i) - x_i)^2`` to the layer's losses (in a training call)."""
+        if not self.distortion_weight or not _in_layer_call():
+            return
+        if self.importance is None:
+            raise ValueError(f"{self._name}: distortion_weight > 0 needs the weights' importance; set it with "
+                             "cdl_tf.rate_distortion.set_importance before training")
+        q, _ = self.step_and_softness(weights, grad_scale=True)
+        self._layer.add_loss(self.distortion_weight * ops.weighted_distortion(
+            x, tf.cast(q, x.dtype), self.lo, self.hi, self.importance))
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "distortion_weight": self.distortion_weight}

@@ -59,7 +59,14 @@ ABLATIONS = {
     "ablation_no_rate": {"small": {"cdl.lambda_w": 0.0}, "small_hard": {"cdl.lambda_w": 0.0}},
 }
 
-RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full") + tuple(ABLATIONS)
+# The competitors run on the same recipe: EPR (`cdl_tf.epr`) in both quantized phases, with the
+# same rate weights, steps, schedule and coder.
+BASELINES = {
+    "baseline_epr": {"small": {"mode": "epr"}, "small_hard": {"mode": "epr"}},
+}
+_CHANGES = {**ABLATIONS, **BASELINES}
+
+RECIPE_VARIANTS = ("", "float", "small", "small_hard", "recipe", "recipe_full") + tuple(_CHANGES)
 
 
 def recipe(**phases: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -82,17 +89,18 @@ def small_model_recipe(c: ml_collections.ConfigDict, variant: str, *, small: Dic
       small       `small_weights(**small)` with the `cdl` fields, `--config.init_from=<float run>`;
       small_hard  `hard_phase(**hard)` of it, `--config.init_from=<small run>`.
     `recipe_full` is the three as one `cdl-train` command (`recipe`); `recipe` the same phases on a
-    budget of minutes (``short``: the epochs of each phase); `ablation_ste` and `ablation_no_rate`
-    are `recipe_full` with the changes `ABLATIONS` names. '' is the file's own config.
+    budget of minutes (``short``: the epochs of each phase); `ablation_ste`, `ablation_no_rate` and
+    `baseline_epr` are `recipe_full` with the changes `ABLATIONS` and `BASELINES` name. '' is the
+    file's own config.
     """
     check_variant(variant, RECIPE_VARIANTS)
-    if variant in ("recipe", "recipe_full") or variant in ABLATIONS:
+    if variant in ("recipe", "recipe_full") or variant in _CHANGES:
         runs = {name: small_model_recipe(c.copy_and_resolve_references(), name, small=small, hard=hard, cdl=cdl,
                                          short=short) for name in ("float", "small", "small_hard")}
         if variant == "recipe":
             for name, epochs in short.items():
                 runs[name].epochs = epochs
-        for name, fields in ABLATIONS.get(variant, {}).items():
+        for name, fields in _CHANGES.get(variant, {}).items():
             for field, value in fields.items():
                 runs[name].update_from_flattened_dict({field: value})
         return recipe(**runs)

@@ -34,7 +34,7 @@ from cdl_tf.io import atomic_write_bytes, atomic_write_json
 from cdl_tf.plots import KB, plot_results, published_points
 from cdl_tf.results_markdown import markdown
 
-METHODS = ("float", "tfmot8", "ptq8", "ste", "cdl", "rcdl")
+METHODS = ("float", "tfmot8", "ptq8", "ste", "cdl", "rcdl", "epr")
 FLOAT_BITS = 32
 INT8_BITS = 8
 
@@ -62,6 +62,8 @@ class Point:
         name = f"{self.method}_w{self.weight_bits}a{self.activation_bits}"
         if self.method == "ste":
             return name
+        if self.method == "epr":  # weights only: activations are calibrated 8-bit at export
+            return f"epr_w{self.weight_bits}_lw{self.lambda_w:g}"
         return f"{name}_lw{self.lambda_w:g}_la{self.lambda_a:g}"
 
     @property
@@ -90,7 +92,7 @@ def result_row(point: Point, workdir: str, reference_bytes: int) -> Dict[str, An
         "method": point.method, "point": point.name, "workdir": os.path.abspath(workdir),
         "seed": _read_json(os.path.join(workdir, "config.json"))["seed"],
         "weight_bits": point.weight_bits, "activation_bits": point.activation_bits,
-        "lambda_w": point.lambda_w if point.method in ("cdl", "rcdl") else None,
+        "lambda_w": point.lambda_w if point.method in ("cdl", "rcdl", "epr") else None,
         "lambda_a": point.lambda_a if point.method in ("cdl", "rcdl") else None,
         "keras_accuracy": metrics["test_accuracy"], "train_time_s": metrics.get("train_time_s"),
     }

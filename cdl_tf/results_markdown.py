@@ -52,7 +52,8 @@ def markdown(results: Dict[str, Any]) -> str:
         edges = (r.get("first_layer_bits"), r.get("last_layer_bits"))
         if r["weight_bits"] and edges != (r["weight_bits"], r["weight_bits"]):
             bits += " ({}/{} first/last)".format(*edges)
-        lam = f"{r['lambda_w']:g}/{r['lambda_a']:g}" if r["lambda_w"] is not None else "-"
+        lam = "-" if r["lambda_w"] is None else f"{r['lambda_w']:g}/" + (
+            "-" if r["lambda_a"] is None else f"{r['lambda_a']:g}")
         act = _fmt(r["bits_per_activation"], ".3f") + (" (nominal)" if r["activation_bits_kind"] == "nominal" else "")
         lines.append(
             f"| {r['method']} | {bits} | {lam} | {r['accuracy']:.4f} | {100 * r['error']:.2f}% | "

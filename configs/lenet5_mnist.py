@@ -4,8 +4,8 @@ cdl-train --config=configs/lenet5_mnist.py --workdir=/tmp/lenet5 [--config.mode=
 
 Variants `float`, `small`, `small_hard` (`--config=configs/lenet5_mnist.py:small`): the
 three-run recipe of `cdl_tf.recipes.small_model_recipe`; `recipe_full` runs the three as one
-command, `recipe` on a short budget, `ablation_ste` and `ablation_no_rate` are `recipe_full` with
-the changes of `cdl_tf.recipes.ABLATIONS`.
+command, `recipe` on a short budget, `ablation_ste`, `ablation_no_rate` and `baseline_epr` are
+`recipe_full` with the changes of `cdl_tf.recipes.ABLATIONS` and `BASELINES`.
 """
 from cdl_tf.experiment_config import base_config
 from cdl_tf.recipes import small_model_recipe

@@ -65,7 +65,7 @@ def test_one_row_per_method(bench):
     outdir, results, _, _ = bench
     assert [r["method"] for r in results["rows"]] == list(METHODS)
     assert [r["point"] for r in results["rows"]] == [
-        "float", "tfmot8", "ptq8", "ste_w4a4", "cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005"]
+        "float", "tfmot8", "ptq8", "ste_w4a4", "cdl_w4a4_lw0.05_la0.005", "rcdl_w4a4_lw0.05_la0.005", "epr_w4_lw0.05"]
     md = open(os.path.join(outdir, "results.md")).read()
     assert md.count("\n| ") == 2 + len(results["rows"]) + 2  # 2 headers, rows, 2 published points
 
@@ -185,8 +185,8 @@ def test_quick_config_keeps_command_line_overrides():
 
 def test_sweep_points_and_errors():
     names = [p.name for p in Sweep(bits=(2, 4), lambda_w=(0.01, 0.1), activation_bits=8).points()]
-    assert names[:3] == ["float", "tfmot8", "ptq8"] and len(names) == 3 + 2 * (1 + 2 * 2)
-    assert "cdl_w2a8_lw0.1_la0.005" in names and "ste_w4a8" in names
+    assert names[:3] == ["float", "tfmot8", "ptq8"] and len(names) == 3 + 2 * (1 + 2 * 2 + 2)
+    assert "cdl_w2a8_lw0.1_la0.005" in names and "ste_w4a8" in names and "epr_w2_lw0.1" in names
     with pytest.raises(BenchmarkError, match="add 'float'"):
         Sweep(methods=("ptq8", "cdl"))
     with pytest.raises(BenchmarkError, match="unknown methods"):

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import cdl_tf
 from cdl_tf.experiment_config import CDL_MODES, MODES
-from cdl_tf.recipes import ABLATIONS, RECIPE_VARIANTS
+from cdl_tf.recipes import ABLATIONS, BASELINES, RECIPE_VARIANTS
 from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, load_run, train_and_evaluate, validate_config
 from cdl_tf.tools.train import summary
 from conftest import config_module
@@ -225,18 +225,23 @@ def test_every_config_variant_validates(module, variant):
     from cdl_tf.tools import pipeline
 
     config = module.get_config(variant)
-    if pipeline.is_recipe(config):
+    if module is resnet20_cifar10 and variant == "long":
+        pipeline.validate_recipe(config)
+        assert config.phase_order == ("float", "rcdl", "hard") and config.phases.float.epochs >= 60
+        assert [config.phases[n].mode for n in config.phase_order] == ["float", "rcdl", "ste"]
+    elif pipeline.is_recipe(config):
         pipeline.validate_recipe(config)
         assert config.phase_order == ("float", "small", "small_hard")
         modes = [config.phases[n].mode for n in config.phase_order]
-        assert modes == ["float", "ste" if variant == "ablation_ste" else "rcdl", "ste"]
+        expected = {"ablation_ste": ["float", "ste", "ste"], "baseline_epr": ["float", "epr", "epr"]}
+        assert modes == expected.get(variant, ["float", "rcdl", "ste"])
         full = module.get_config("recipe_full")
         rates = [config.phases[n].cdl.lambda_w for n in ("small", "small_hard")]
         full_rates = [full.phases[n].cdl.lambda_w for n in ("small", "small_hard")]
         assert rates == ([0.0, 0.0] if variant == "ablation_no_rate" else full_rates)
         assert min(full_rates) > 0
-        if variant.startswith("ablation_"):  # the rest of the recipe is recipe_full's
-            changed = {f"{n}.{f}" for n, fields in ABLATIONS[variant].items() for f in fields}
+        if variant in ABLATIONS or variant in BASELINES:  # the rest of the recipe is recipe_full's
+            changed = {f"{n}.{f}" for n, fields in {**ABLATIONS, **BASELINES}[variant].items() for f in fields}
             flat, flat_full = config.phases.to_dict(), full.phases.to_dict()
             differ = {f"{n}.{k}" for n in flat for k, v in _flatten(flat[n]).items()
                       if _flatten(flat_full[n])[k] != v}

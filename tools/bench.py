@@ -29,7 +29,7 @@ flags.DEFINE_list("bits", None, "Weight bit widths of the cdl/rcdl/ste points (d
 flags.DEFINE_list("lambda_w", None, "Weight rate weights of the cdl/rcdl points (default 0.005,0.02,0.05).")
 flags.DEFINE_list("lambda_a", None, "Activation rate weights of the cdl/rcdl points (default 0.005).")
 flags.DEFINE_integer("activation_bits", 0, "Activation bit width (0: that of the weights).")
-flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl (default: all).")
+flags.DEFINE_list("methods", None, "Subset of float,tfmot8,ptq8,ste,cdl,rcdl,epr (default: all).")
 flags.DEFINE_list("seeds", None, "Run every point once per seed; the table and plots add mean ± std "
                   "(default: once, with the config's seed).")
 flags.DEFINE_list("runs", None, "Instead of sweeping, tabulate these finished cdl-train run directories "

@@ -3,7 +3,8 @@ baselines (methods in `cdl_tf.results`), trained, exported and tabulated.
 
 All points share the base config's model, data and schedule, and its seed unless the sweep
 names seeds: then every point runs once per seed. ``ste`` runs at each bit width, ``cdl`` and
-``rcdl`` at every bit width x ``lambda_w`` x ``lambda_a``.
+``rcdl`` at every bit width x ``lambda_w`` x ``lambda_a``, ``epr`` (`cdl_tf.epr`, weights only) at
+every bit width x ``lambda_w``.
 
 Each point is a run directory under the output directory, named from its settings
 (``float``, ``ptq8``, ``ste_w4a4``, ``cdl_w4a4_lw0.02_la0.005``, ``cdl_w4a4_lw0.02_la0.005_seed1``, ...),
@@ -68,6 +69,8 @@ class Sweep:
             for method in ("cdl", "rcdl"):
                 if method in self.methods:
                     out += [Point(method, b, a, lw, la) for lw in self.lambda_w for la in self.lambda_a]
+            if "epr" in self.methods:
+                out += [Point("epr", b, a, lw) for lw in self.lambda_w]
         return [dataclasses.replace(p, seed=s) for p in out for s in (self.seeds or (None,))]
 
 
@@ -100,6 +103,8 @@ def point_config(config, point: Point):
         c.cdl.activation_bits = point.activation_bits
         c.cdl.lambda_w = point.lambda_w
         c.cdl.lambda_a = point.lambda_a
+    if point.method == "epr":
+        c.cdl.quantize_activations = False
     return c
 
 
@@ -218,7 +223,7 @@ def tabulate_runs(workdirs: Sequence[str], outdir: str) -> Dict[str, Any]:
         bits = {} if config.mode in ("float", "tfmot8") else {
             "weight_bits": config.cdl.weight_bits, "activation_bits": config.cdl.activation_bits}
         lambdas = {"lambda_w": config.cdl.lambda_w, "lambda_a": config.cdl.lambda_a} if config.mode in (
-            "cdl", "rcdl") else {}
+            "cdl", "rcdl") else {"lambda_w": config.cdl.lambda_w} if config.mode == "epr" else {}
         point = Point(config.mode, **bits, **lambdas)
         reference = float32_bytes(config)
         if not _done(workdir):
