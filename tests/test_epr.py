@@ -78,6 +78,7 @@ def test_epr_codes_weights_only(data_dir):
 @pytest.mark.slow
 def test_epr_run_trains_reloads_and_exports(data_dir, tmp_path):
     from test_training import small
+    from tflite_export.decode import accuracy_on_test_set
     from tflite_export.export import export_workdir
 
     float_run = tmp_path / "float"
@@ -90,3 +91,8 @@ def test_epr_run_trains_reloads_and_exports(data_dir, tmp_path):
     assert 0 < report.bytes.cdlz_ans < report.bytes.float32_weights / 4  # under 8 bits per weight
     # The coded file's model is the trained one: the same test accuracy as training measured.
     assert report.accuracy.keras_q_u == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert report.float_values == 300 + 100 + 10  # the float biases; the probability model is not coded
+    cdlz = str(tmp_path / "export" / "weights.cdlz")
+    for layerwise in (False, True):  # decoded whole and layer by layer
+        accuracy, _ = accuracy_on_test_set(cdlz, str(tmp_path / "epr"), layerwise=layerwise)
+        assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)

@@ -33,7 +33,8 @@ from cdl_tf.coding import QuantizedTensor, index_entropy_bits
 from cdl_tf.layer_registry import quantized_weight, weight_quantizers
 from cdl_tf.quantize import model_quantizers
 
-_TRAINING_ONLY = ("_log_kappa", "_log_alpha", "_step", "_rate_weight", "_initialized", "optimizer_step")
+_TRAINING_ONLY = ("_log_kappa", "_log_alpha", "_step", "_rate_weight", "_initialized", "optimizer_step",
+                  "_density")  # _density: the probability model of an EPR run (`cdl_tf.epr`)
 
 
 def _named_variables(model):
