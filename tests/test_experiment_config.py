@@ -117,7 +117,7 @@ BAD_VALUES = [
     ("test_subset", -1, "must be >= 0"),
     ("validation_size", -1, "must be >= 0"),
     ("augment", "yes", r"must be one of \('auto', 'on', 'off'\)"),
-    ("mode", "int4", r"must be one of \('float', 'cdl', 'rcdl', 'ste', 'tfmot8'\)"),
+    ("mode", "int4", r"must be one of \('float', 'cdl', 'rcdl', 'ste', 'epr', 'tfmot8'\)"),
     ("epochs", 0, "must be > 0"),
     ("batch_size", 0, "must be > 0"),
     ("seed", -1, "must be >= 0"),
@@ -190,7 +190,7 @@ def test_value_of_another_type_is_named_with_the_field(field, value, kind):
     ({"final_kappa": 32.0}, "final_kappa: annealing kappa needs cdl.train_softness=False"),
     ({"final_kappa": 32.0, "cdl.train_softness": False, "cdl.softness_param": "alpha"},
      "final_kappa: annealing kappa needs .* cdl.softness_param='kappa'"),
-    ({"split_at": "fc1", "mode": "float"}, r"split_at: needs a CDL mode \(cdl, rcdl, ste\) with quantized activations"),
+    ({"split_at": "fc1", "mode": "float"}, r"split_at: needs a CDL mode \(cdl, rcdl, ste, epr\) with quantized activations"),
     ({"split_at": "fc1", "cdl.quantize_activations": False}, "split_at: needs a CDL mode"),
 ])
 def test_fields_that_do_not_go_together_are_named(overrides, message):
@@ -222,7 +222,7 @@ def test_missing_unknown_and_misplaced_fields_are_named():
 def test_cdl_config_names_its_bad_field():
     with pytest.raises(ConfigError, match=r"^CDLConfig\.weight_bits: must be in \[2, 8\], got 12$"):
         CDLConfig(weight_bits=12)
-    with pytest.raises(ConfigError, match=r"^CDLConfig\.mode: must be one of \('cdl', 'rcdl', 'ste'\), got 'float'$"):
+    with pytest.raises(ConfigError, match=r"^CDLConfig\.mode: must be one of \('cdl', 'rcdl', 'ste', 'epr'\), got 'float'$"):
         CDLConfig(mode="float")
     with pytest.raises(ConfigError, match=r"^CDLConfig\.skip_layers: must be Tuple\[str, \.\.\.\], got \['a', 1\]$"):
         CDLConfig(skip_layers=["a", 1])
