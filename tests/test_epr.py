@@ -81,9 +81,7 @@ def test_epr_run_trains_reloads_and_exports(data_dir, tmp_path):
     from tflite_export.decode import accuracy_on_test_set
     from tflite_export.export import export_workdir
 
-    float_run = tmp_path / "float"
-    train_and_evaluate(small(lenet300_mnist, data_dir, mode="float"), str(float_run))
-    c = small(lenet300_mnist, data_dir, mode="epr", init_from=str(float_run))
+    c = small(lenet300_mnist, data_dir, mode="epr")
     c.cdl.quantize_activations, c.cdl.lambda_w = False, 0.5
     metrics = train_and_evaluate(c, str(tmp_path / "epr"))
     assert metrics["test_accuracy"] > 0.5 and 0 < metrics["bits_per_weight"] < 8  # 8-bit first and last layers
