@@ -17,7 +17,7 @@ The probability model of a tensor is a categorical ``p = softmax(s v)`` over its
 ``P(t) = (1 - f) p_floor(t) + f p_ceil(t)``, ``f = t - floor(t)``; ``v`` starts at the log
 histogram of the first latents and is trained by the rate's gradient (``s = 30`` lets Adam move
 it at the weights' learning rate). The straight-through gradient is that of ``Q_d`` (mode
-``ste``'s: `cdl_tf.ops.quantize_with_counts` with ``value="nearest"``). The differences from CDL
+``ste``'s: `cdl_tf.ops.q_ste`). The differences from CDL
 are the rate model (a learned ``P`` under additive noise, not the soft counts of ``Q_p``'s CPMF)
 and its gradient; files are coded by the same coder from the empirical counts, so sizes compare.
 """
@@ -48,8 +48,6 @@ def interpolated_bits(t: tf.Tensor, pmf: tf.Tensor, lo: int) -> tf.Tensor:
 class EPRWeightQuantizer(CDLWeightQuantizer):
     """A weight quantizer trained as EPR: rounded forward, rate ``-log2 P(theta / q + u)``."""
 
-    kind = "weight"
-
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
         weights = super().build(tensor_shape, name, layer)
         weights["density"] = layer.add_weight(
@@ -77,7 +75,7 @@ class EPRWeightQuantizer(CDLWeightQuantizer):
         self._maybe_initialize(x, weights)
         q, alpha = self.step_and_softness(weights, grad_scale=True)
         q, alpha = tf.cast(q, x.dtype), tf.cast(alpha, x.dtype)
-        values, _ = ops.quantize_with_counts(x, q, alpha, self.lo, self.hi, value="nearest", window=self.window)
+        values = ops.q_ste(x, q, alpha, self.lo, self.hi, window=self.window)
         self._record(ops.hard_index_counts(x, q, self.lo, self.hi), training=True)  # the coded rate, logged
         noise = tf.random.stateless_uniform(tf.shape(x), self._seed(weights), -0.5, 0.5, dtype=x.dtype)
         bits = tf.reduce_mean(interpolated_bits(x / q + noise, tf.cast(self.pmf(weights), x.dtype), self.lo))
