@@ -99,8 +99,21 @@ def test_bad_phase_field_is_refused_before_anything_runs(tmp_path, data_dir):
 @pytest.mark.slow
 def test_another_recipe_in_the_same_directory_is_refused(finished, data_dir):
     workdir, _, _ = finished
-    with pytest.raises(pipeline.RecipeError, match="another recipe"):
+    with pytest.raises(pipeline.RecipeError, match=r"another recipe .*differs in phases\.small\.cdl\.lambda_w\)"):
         pipeline.run_recipe(tiny_recipe(data_dir, **{"small.cdl.lambda_w": 0.3}), workdir)
+
+
+def test_a_recipe_stored_before_a_field_existed_is_the_same_recipe(data_dir):
+    """A ``pipeline.json`` lacking a later field (written by an older version) matches the recipe
+    that holds the field at its older value, and differs where the field has another value."""
+    recipe = json.loads(tiny_recipe(data_dir).to_json())
+    stored = json.loads(json.dumps(recipe))
+    for phase in stored["phases"].values():
+        del phase["cdl"]["distortion_weight"], phase["cdl"]["fisher_examples"]
+    assert pipeline.recipe_changes(stored, recipe) == []
+    recipe["phases"]["small"]["cdl"]["distortion_weight"] = 1.0
+    recipe["phases"]["float"]["epochs"] += 1
+    assert pipeline.recipe_changes(stored, recipe) == ["phases.float.epochs", "phases.small.cdl.distortion_weight"]
 
 
 @pytest.mark.slow

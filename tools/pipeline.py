@@ -24,13 +24,14 @@ import ml_collections
 from cdl_tf.export_report import EXPORT_FILE, ExportReport
 from cdl_tf.io import atomic_write_json
 from cdl_tf.results import float32_bytes
-from cdl_tf.run_config import read_run_config
+from cdl_tf.run_config import read_run_config, with_later_fields
 from cdl_tf.training import ConfigError, train_and_evaluate, validate_config
 from tflite_export.export import export_workdir
 
 PIPELINE_FILE = "pipeline.json"
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "export"
+_ABSENT = object()  # a field one of two compared recipes lacks
 
 
 class RecipeError(ValueError):
@@ -72,6 +73,27 @@ def validate_recipe(config) -> None:
             raise RecipeError(f"config.phases.{name}: {e}") from e
 
 
+def recipe_changes(stored: Dict[str, Any], recipe: Dict[str, Any]) -> List[str]:
+    """The dotted fields in which ``recipe`` differs from the ``stored`` one (a ``pipeline.json``).
+
+    A field added to the training config after ``stored`` was written means its older value
+    there (`with_later_fields`), so a recipe started by an older version still continues.
+    """
+    stored = dict(stored, phases={name: with_later_fields(phase)
+                                  for name, phase in (stored.get("phases") or {}).items()})
+    changed: List[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{prefix}{key}.")
+        elif a != b:
+            changed.append(prefix[:-1])
+
+    walk(stored, recipe, "")
+    return changed
+
+
 def run_recipe(config, workdir: str, log=lambda line: print(line, flush=True)) -> Dict[str, Any]:
     """Run (or continue) the recipe ``config`` in ``workdir``; returns the summary."""
     validate_recipe(config)
@@ -80,8 +102,10 @@ def run_recipe(config, workdir: str, log=lambda line: print(line, flush=True)) -
     recipe = json.loads(config.to_json())
     if os.path.isfile(path):
         with open(path) as f:
-            if json.load(f) != recipe:
-                raise RecipeError(f"{workdir!r} holds another recipe ({path}); use a new work directory")
+            changed = recipe_changes(json.load(f), recipe)
+        if changed:
+            raise RecipeError(f"{workdir!r} holds another recipe ({path}; it differs in "
+                              f"{', '.join(changed)}); use a new work directory")
     atomic_write_json(path, recipe)
     dirs = phase_dirs(config, workdir)
     for i, (name, run_dir) in enumerate(zip(config.phase_order, dirs)):
