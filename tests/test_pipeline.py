@@ -103,6 +103,19 @@ def test_another_recipe_in_the_same_directory_is_refused(finished, data_dir):
         pipeline.run_recipe(tiny_recipe(data_dir, **{"small.cdl.lambda_w": 0.3}), workdir)
 
 
+def test_a_distortion_weight_needs_a_float_model_to_start_from(data_dir):
+    """The rate-distortion objective's importance is estimated at a float model: a phase with
+    cdl.distortion_weight after a CDL phase, or first without init_from, is refused before
+    anything trains; right after the float phase it is not."""
+    pipeline.validate_recipe(tiny_recipe(data_dir, **{"small.cdl.distortion_weight": 1.0}))
+    with pytest.raises(pipeline.RecipeError, match=r"small_hard\.cdl\.distortion_weight: needs a float phase .*'small' is 'rcdl'"):
+        pipeline.validate_recipe(tiny_recipe(data_dir, **{"small_hard.cdl.distortion_weight": 1.0}))
+    c = tiny_recipe(data_dir, **{"small.cdl.distortion_weight": 1.0})
+    c.phase_order = ("small", "float", "small_hard")
+    with pytest.raises(pipeline.RecipeError, match=r"small\.cdl\.distortion_weight: the first phase needs init_from"):
+        pipeline.validate_recipe(c)
+
+
 def test_a_recipe_stored_before_a_field_existed_is_the_same_recipe(data_dir):
     """A ``pipeline.json`` lacking a later field (written by an older version) matches the recipe
     that holds the field at its older value, and differs where the field has another value."""

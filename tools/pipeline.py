@@ -25,6 +25,7 @@ from cdl_tf.export_report import EXPORT_FILE, ExportReport
 from cdl_tf.io import atomic_write_json
 from cdl_tf.results import float32_bytes
 from cdl_tf.run_config import read_run_config, with_later_fields
+from cdl_tf.experiment_config import CDL_MODES
 from cdl_tf.training import ConfigError, train_and_evaluate, validate_config
 from tflite_export.export import export_workdir
 
@@ -71,6 +72,15 @@ def validate_recipe(config) -> None:
             validate_config(phase)
         except ConfigError as e:
             raise RecipeError(f"config.phases.{name}: {e}") from e
+        if phase.mode in CDL_MODES and phase.cdl.distortion_weight:
+            # The weights' importance is estimated at the float model the phase starts from.
+            field = f"config.phases.{name}.cdl.distortion_weight"
+            if i and config.phases[order[i - 1]].mode != "float":
+                raise RecipeError(f"{field}: needs a float phase before it (the weights' importance is estimated at "
+                                  f"a float model); phase {order[i - 1]!r} is {config.phases[order[i - 1]].mode!r}")
+            if not i and not phase.init_from:
+                raise RecipeError(f"{field}: the first phase needs init_from, a float run (the weights' importance "
+                                  f"is estimated at a float model)")
 
 
 def recipe_changes(stored: Dict[str, Any], recipe: Dict[str, Any]) -> List[str]:
