@@ -28,7 +28,7 @@ from typing import Dict
 import tensorflow as tf
 
 from cdl_tf import ops
-from cdl_tf.quantizers import CDLWeightQuantizer, _in_layer_call
+from cdl_tf.quantizers import CDLWeightQuantizer
 
 LOGIT_SCALE = 30.0  # s: logits = s v
 
@@ -66,21 +66,9 @@ class EPRWeightQuantizer(CDLWeightQuantizer):
         """The probability model ``p`` over the alphabet."""
         return tf.nn.softmax(LOGIT_SCALE * weights["density"])
 
-    def __call__(self, inputs, training, weights, **kwargs):
-        x = tf.convert_to_tensor(inputs)
-        if not training or self.force_hard:
-            return super().__call__(inputs, training, weights, **kwargs)
-        if self.recorder is not None and tf.executing_eagerly():
-            self.recorder.append(x)
-        self._maybe_initialize(x, weights)
-        q, alpha = self.step_and_softness(weights, grad_scale=True)
-        q, alpha = tf.cast(q, x.dtype), tf.cast(alpha, x.dtype)
+    def _training_values_and_rate(self, x: tf.Tensor, q: tf.Tensor, alpha: tf.Tensor, weights):
+        """The rounded latents (straight-through) and the rate ``mean_i -log2 P(x_i / q + u_i)``."""
         values = ops.q_ste(x, q, alpha, self.lo, self.hi, window=self.window)
         self._record(ops.hard_index_counts(x, q, self.lo, self.hi), training=True)  # the coded rate, logged
         noise = tf.random.stateless_uniform(tf.shape(x), self._seed(weights), -0.5, 0.5, dtype=x.dtype)
-        bits = tf.reduce_mean(interpolated_bits(x / q + noise, tf.cast(self.pmf(weights), x.dtype), self.lo))
-        if _in_layer_call():
-            self._layer.add_loss(tf.cast(weights["rate_weight"], x.dtype) * (self._count / self.rate_normalizer) * bits)
-        self._add_distortion(x, weights)
-        return values
-
+        return values, tf.reduce_mean(interpolated_bits(x / q + noise, tf.cast(self.pmf(weights), x.dtype), self.lo))

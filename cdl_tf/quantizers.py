@@ -180,17 +180,22 @@ class CDLQuantizer(_Quantizer):
             counts = ops.hard_index_counts(x, q, self.lo, self.hi)
             self._record(self._global_counts(counts), training=False)
             return ops.q_u(x, q, self.lo, self.hi)
-        seed = self._seed(weights) if self.mode == "cdl" or self.count_sample else None
-        values, counts = ops.quantize_with_counts(
-            x, q, alpha, self.lo, self.hi, value=_MODE_VALUE[self.mode], seed=seed, window=self.window,
-            count_sample=self.count_sample or None,
-        )
-        bits = self._record(self._global_counts(counts), training=True)
+        values, bits = self._training_values_and_rate(x, q, alpha, weights)
         if _in_layer_call():
             self._layer.add_loss(
                 tf.cast(weights["rate_weight"], x.dtype) * (self._count / self.rate_normalizer) * bits
             )
         return values
+
+    def _training_values_and_rate(self, x: tf.Tensor, q: tf.Tensor, alpha: tf.Tensor, weights):
+        """A training call's quantized values and the rate (bits per value) its loss penalises:
+        the mode's forward and the entropy of the soft counts (`cdl_tf.ops.quantize_with_counts`)."""
+        seed = self._seed(weights) if self.mode == "cdl" or self.count_sample else None
+        values, counts = ops.quantize_with_counts(
+            x, q, alpha, self.lo, self.hi, value=_MODE_VALUE[self.mode], seed=seed, window=self.window,
+            count_sample=self.count_sample or None,
+        )
+        return values, self._record(self._global_counts(counts), training=True)
 
     def get_config(self) -> Dict[str, Any]:
         return {
