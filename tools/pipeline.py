@@ -21,11 +21,11 @@ from typing import Any, Dict, List
 
 import ml_collections
 
+from cdl_tf.experiment_config import CDL_MODES
 from cdl_tf.export_report import EXPORT_FILE, ExportReport
 from cdl_tf.io import atomic_write_json
 from cdl_tf.results import float32_bytes
 from cdl_tf.run_config import read_run_config, with_later_fields
-from cdl_tf.experiment_config import CDL_MODES
 from cdl_tf.training import ConfigError, train_and_evaluate, validate_config
 from tflite_export.export import export_workdir
 
