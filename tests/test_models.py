@@ -16,6 +16,7 @@ from cdl_tf.models import MODELS, get_model, lenet5, lenet300_100, resnet18, res
 #     stage 2 (32):  14,720 + (n-1) * 18,688
 #     stage 3 (64):  58,112 + (n-1) * 74,240
 #     head 64*10+10                                =     650
+#   ResNet-8 (n=1):  496 + 4,736 + 14,720 + 58,112 + 650 = 78,714.
 #   ResNet-20 (n=3): 496 + 14,208 + 52,096 + 206,592 + 650 = 274,042 (272,474 trainable).
 #   ResNet-56 (n=9): 496 + 42,624 + 164,224 + 652,032 + 650 = 860,026.
 #   ResNet-18, 1000 classes: 11,689,512 trainable (as torchvision's), plus 2 * 4,800 BN
@@ -23,6 +24,7 @@ from cdl_tf.models import MODELS, get_model, lenet5, lenet300_100, resnet18, res
 EXPECTED = [
     ("lenet300_100", (28, 28, 1), 10, 266_610),
     ("lenet5", (28, 28, 1), 10, 431_080),
+    ("resnet8", (32, 32, 3), 10, 78_714),
     ("resnet20", (32, 32, 3), 10, 274_042),
     ("resnet56", (32, 32, 3), 10, 860_026),
     ("resnet18", (224, 224, 3), 1000, 11_699_112),
@@ -53,7 +55,7 @@ def test_builders_defaults_and_registry_agree():
     assert lenet5().output_shape == (None, 10)
     assert resnet20().count_params() == get_model("resnet20", (32, 32, 3), 10).count_params()
     assert resnet56(num_classes=100).output_shape == (None, 100)
-    assert set(MODELS) == {"lenet300_100", "lenet5", "resnet20", "resnet56", "resnet18"}
+    assert set(MODELS) == {"lenet300_100", "lenet5", "resnet8", "resnet20", "resnet56", "resnet18"}
 
 
 def test_unknown_model_lists_known_ones():

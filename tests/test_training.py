@@ -296,13 +296,13 @@ def test_batchnorm_model_trains_and_reestimates(tmp_path, data_dir, monkeypatch)
 
     reestimate_batchnorm = training.reestimate_batchnorm
     monkeypatch.setattr(training, "reestimate_batchnorm", spy)
-    c = small(lenet5_mnist, data_dir, model="resnet20", dataset="cifar10", mode="rcdl", train_subset=128,
+    c = small(lenet5_mnist, data_dir, model="resnet8", dataset="cifar10", mode="rcdl", train_subset=128,
               test_subset=64, validation_size=64, batch_size=32)
     c.cdl.activation_window = 3
     metrics = train_and_evaluate(c, str(tmp_path))
     assert metrics["bits_per_weight"] > 0 and seen["used"] == c.bn_reestimate_steps == 2
     model, bns = seen["model"], seen["bns"]
-    assert len(bns) == 21  # 19 on the main path, 2 on the projections
+    assert len(bns) == 9  # 7 on the main path, 2 on the projections
     for bn, (mean, var) in zip(bns, seen["before"]):
         assert not np.allclose(bn.moving_mean.numpy(), mean), bn.name
         assert not np.allclose(bn.moving_variance.numpy(), var), bn.name

@@ -6,11 +6,12 @@ from typing import Callable
 import tf_keras as keras
 
 from cdl_tf.models.lenet import lenet5, lenet300_100
-from cdl_tf.models.resnet import resnet18, resnet20, resnet56
+from cdl_tf.models.resnet import resnet8, resnet18, resnet20, resnet56
 
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "lenet300_100": lenet300_100,
     "lenet5": lenet5,
+    "resnet8": resnet8,
     "resnet20": resnet20,
     "resnet56": resnet56,
     "resnet18": resnet18,

@@ -1,4 +1,4 @@
-"""ResNets with basic blocks (He et al. 2016): CIFAR ResNet-20/56 and ImageNet ResNet-18.
+"""ResNets with basic blocks (He et al. 2016): CIFAR ResNet-8/20/56 and ImageNet ResNet-18.
 
 Every convolution is followed by BatchNormalization (so it has no bias) and, except
 before an addition, a separate ReLU layer. A shortcut whose shape changes is a
@@ -18,6 +18,13 @@ Tensor = Any  # a symbolic tensor of the tf_keras Functional API
 Regularizer = keras.regularizers.Regularizer | None
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+
+
+def resnet8(
+    input_shape: tuple[int, ...] = (32, 32, 3), num_classes: int = 10, *, weight_decay: float = 0.0
+) -> keras.Model:
+    """CIFAR ResNet-8: 3 stages of 1 basic block (16/32/64 filters), both shortcut kinds."""
+    return cifar_resnet(8, input_shape, num_classes, weight_decay=weight_decay)
 
 
 def resnet20(
