@@ -180,6 +180,7 @@ def _quantized_lenet300_with_biases() -> keras.Model:
     return build_model(c, validate_config(c))
 
 
+@pytest.mark.slow
 def test_cli_evaluates_the_test_set_layer_by_layer(lenet300_run, lenet300_keras, data_dir):
     _, _, outputs, labels = lenet300_keras
     keras_accuracy, images = accuracy_on_test_set(str(lenet300_run / "weights.cdlz"), str(lenet300_run),

@@ -58,6 +58,7 @@ def _int8(model: keras.Model, ranges) -> bytes:
     return to_tflite(graph, "int8", (28, 28, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build, permutable", [(_dense, ("fc1", "fc2")), (_conv, ("conv1", "conv2", "fc1"))],
                          ids=["dense", "conv"])
 def test_decoded_model_computes_what_the_trained_order_computes(build, permutable, mnist):

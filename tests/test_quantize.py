@@ -175,6 +175,7 @@ def test_raising_lambda_w_lowers_bits_per_weight():
     assert high < 0.8 * low, (low, high)
 
 
+@pytest.mark.slow
 def test_rate_report_totals_match_rows():
     x, _ = random_data(64)
     qm = cdl_tf.quantize_model(small_cnn(), cdl_tf.CDLConfig())

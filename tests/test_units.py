@@ -50,6 +50,7 @@ def _dense_chain(mid_activation: str = "relu") -> keras.Model:
     return keras.Model(inp, keras.layers.Dense(3, name="fc3")(h))
 
 
+@pytest.mark.slow
 def test_unread_dense_units_are_cleared_and_the_pass_repeats():
     """fc3 reads no unit 0-3 of fc2; without them fc2 reads no unit 0-1 of fc1."""
     keras.utils.set_random_seed(1)
