@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, List, Literal, Optional
+from typing import Any, Callable, List, Literal, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -236,6 +236,12 @@ def _scatter_counts(p: tf.Tensor, first_ids: tf.Tensor, size: int) -> tf.Tensor:
     return tf.math.bincount(ids, weights=p, minlength=size, maxlength=size, dtype=p.dtype)
 
 
+def _compiled(fn, input_signature: List[tf.TensorSpec]):
+    """``fn`` as an XLA-compiled function of one graph for every input shape (no autograph:
+    its Python loops run over Python ranges)."""
+    return tf.function(fn, jit_compile=True, autograph=False, input_signature=input_signature)
+
+
 def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     """Sum a broadcast gradient back to a parameter's shape."""
     _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(grad), s1=shape)
@@ -260,10 +266,19 @@ def _covariances(w: _Window, g_out: tf.Tensor, q: tf.Tensor, g_level: List[tf.Te
     return gq * (s * m2 - m1 * m1) + (s * mg1 - mg * m1), gq * (s * m3 - m1 * m2) + (s * mg2 - mg * m2)
 
 
+class _Kernels(NamedTuple):
+    forward: Callable
+    backward: Callable
+    compiled: Tuple[Any, ...]  # the XLA-compiled functions behind them
+
+
 @functools.lru_cache(maxsize=None)
-def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: Optional[int]):
+def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: Optional[int], dtype: tf.DType):
     """Forward ``(theta, q, alpha, seed) -> (values, counts)`` and backward passes for one
-    alphabet, window, value mode and count estimate.
+    alphabet, window, value mode, count estimate and dtype.
+
+    Each compiled function is traced once, for inputs of any shape: tensors of other shapes
+    reuse its graph and cost only their XLA compilation (once per shape), not a new trace.
 
     The CPMF lives as ``k`` value-shaped tensors (`_Window`) inside XLA-compiled functions, each
     with one output over the values, which XLA fuses into one loop: ``Q_d``'s forward is a single
@@ -326,26 +341,29 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: 
         both = _sum_to_shape(tf.complex(g_q, g_alpha), tf.broadcast_dynamic_shape(tf.shape(q), tf.shape(alpha)))
         return _sum_to_shape(tf.math.real(both), tf.shape(q)), _sum_to_shape(tf.math.imag(both), tf.shape(alpha))
 
-    grad_theta = tf.function(grad_theta, jit_compile=True)
-    grad_q_alpha = tf.function(grad_q_alpha, jit_compile=True)
+    any_shape = tf.TensorSpec(None, dtype)
+    grads_of = [any_shape] * 4 + [tf.TensorSpec([size], dtype)]  # theta, q, alpha, g_out, g_counts
+    grad_theta = _compiled(grad_theta, grads_of)
+    grad_q_alpha = _compiled(grad_q_alpha, grads_of)
 
     def backward(theta, q, alpha, g_out, g_counts):
         # One after another: run side by side, the two passes would compete for the cores.
-        g_theta = grad_theta(theta, q, alpha, g_out, g_counts)
+        g_theta = tf.ensure_shape(grad_theta(theta, q, alpha, g_out, g_counts), theta.shape)
         with tf.control_dependencies([g_theta]):
             g_q, g_alpha = grad_q_alpha(theta, q, alpha, g_out, g_counts)
-        return g_theta, g_q, g_alpha
+        return g_theta, tf.ensure_shape(g_q, q.shape), tf.ensure_shape(g_alpha, alpha.shape)
 
-    kernel = tf.function(kernel, jit_compile=True)
+    kernel = _compiled(kernel, [any_shape] * 3 + [tf.TensorSpec([2], tf.int64)])
 
     def forward(theta, q, alpha, seed):
         out, p, first_ids = kernel(theta, q, alpha, seed)
-        counts = _scatter_counts(p, first_ids, size)
+        out = tf.ensure_shape(out, theta.shape)
+        counts = tf.ensure_shape(_scatter_counts(p, first_ids, size), [size])
         if count_sample is not None:
             counts *= tf.cast(tf.size(theta), p.dtype) / float(count_sample)
         return out, counts
 
-    return forward, backward
+    return _Kernels(forward, backward, (kernel, grad_theta, grad_q_alpha))
 
 
 def quantize_with_counts(
@@ -395,11 +413,12 @@ def quantize_with_counts(
     lo, hi, window = int(lo), int(hi), None if window is None else int(window)
     n = theta.shape.num_elements()
     count_sample = None if count_sample is None or (n is not None and count_sample >= n) else int(count_sample)
-    forward, backward = _kernels(lo, hi, window, value, count_sample)
+    forward, backward, _ = _kernels(lo, hi, window, value, count_sample, theta.dtype)
 
     @tf.custom_gradient
     def _op(theta, q, alpha):
-        out, counts = forward(theta, q, alpha, seed)
+        # `grad` is the whole gradient: an outer tape need not record the forward's own ops.
+        out, counts = forward(*(tf.stop_gradient(t) for t in (theta, q, alpha)), seed)
 
         def grad(g_out, g_counts):
             g_out = tf.zeros_like(theta) if g_out is None else g_out

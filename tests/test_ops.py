@@ -165,6 +165,34 @@ def test_float32_and_float64_agree():
     np.testing.assert_allclose(v32, v64, atol=1e-5)
 
 
+def test_one_trace_serves_every_shape_and_keeps_static_shapes():
+    """Values of any shape reuse one trace of each compiled kernel (only XLA recompiles), and in a
+    graph the values and gradients keep the static shapes of their inputs."""
+    lo, hi, window = -3, 4, 5  # an alphabet no other test uses: its kernels start untraced
+    kernels = ops._kernels(lo, hi, window, "soft", None, tf.float32)
+    assert [f.experimental_get_tracing_count() for f in kernels.compiled] == [0, 0, 0]
+    q, alpha = tf.Variable(0.3), tf.Variable(8.0)
+
+    @tf.function
+    def step(theta):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            values, counts = ops.quantize_with_counts(theta, q, alpha, lo, hi, window=window)
+            loss = tf.reduce_sum(values) + tf.reduce_sum(counts * tf.range(hi - lo + 1, dtype=tf.float32))
+        grads = tape.gradient(loss, [theta, q, alpha])
+        assert values.shape.as_list() == theta.shape.as_list() and counts.shape.as_list() == [hi - lo + 1]
+        assert [g.shape.as_list() for g in grads] == [theta.shape.as_list(), [], []]
+        return values, grads
+
+    rng = np.random.RandomState(4)
+    for shape in [(7,), (3, 5), (2, 3, 4, 5), (6, 5)]:
+        theta = tf.constant(rng.randn(*shape), tf.float32)
+        values, grads = step(theta)
+        np.testing.assert_allclose(values, ops.q_d(theta, q, alpha, lo, hi, window), rtol=1e-6, atol=1e-6)
+    assert step.experimental_get_tracing_count() == 4
+    assert [f.experimental_get_tracing_count() for f in kernels.compiled] == [1, 1, 1]
+
+
 def test_index_pmf_and_entropy():
     raw = np.random.RandomState(4).randn(6000) * 0.2
     # Values at least 0.05 q from a decision boundary, so the hard histogram is the limit.

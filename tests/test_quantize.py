@@ -104,6 +104,15 @@ def test_fit_trains_in_each_mode(fitted, mode):
     assert 0 < logs["bits_per_weight"][-1] < 8 and 0 < logs["bits_per_activation"][-1] < 8
 
 
+def test_fit_and_evaluate_trace_their_steps_once(fitted):
+    """Keras creates the optimizer's slots and the compiled metrics in a step's first trace, and a
+    `tf.function` that creates variables is traced twice; the quantized model creates them first."""
+    qm = fitted("rcdl")[0]  # evaluated, then fitted
+    steps = {name: getattr(qm, name)._steady for name in ("train_function", "test_function")}
+    assert {name: f.experimental_get_tracing_count() for name, f in steps.items()} == {
+        "train_function": 1, "test_function": 1}
+
+
 @pytest.mark.slow
 def test_activation_count_sample_estimates_the_activation_rate(fitted):
     """Activation quantizers estimate their rates from a subset; weights keep exact counts."""
