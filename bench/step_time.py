@@ -2,9 +2,9 @@
 
 Each (model, variant) runs in its own process on the same batch; the JSON gives medians and
 their ratios to float and to TF-MOT 8-bit measured in the same run, and the time of the first
-step (``first_step_s``: tracing the step and compiling it, the wait before training starts). Models: a small CNN on
-random 32x32x3 inputs (batch 64) and ResNet-20 on CIFAR-10 training images (batch 128, from
-``--data_dir`` / ``$CDL_DATA_DIR``, else random images of the same shape). Variants ``cdl``,
+step (``first_step_s``: tracing the step and compiling it, the wait before training starts).
+Models: a small CNN on random 32x32x3 inputs (batch 64) and ResNet-20 on CIFAR-10 training
+images (batch 128, from ``--data_dir`` / ``$CDL_DATA_DIR``, else random images of the same shape). Variants ``cdl``,
 ``rcdl`` and ``ste`` use exact activation counts; ``cdl_sampled`` and ``rcdl_sampled`` estimate
 them from ``--count_sample`` values per activation tensor (`CDLConfig.activation_count_sample`).
 Every variant is measured in each of ``--rounds`` rounds, the variants of a model taking turns, and

@@ -242,6 +242,12 @@ def _compiled(fn, input_signature: List[tf.TensorSpec]):
     return tf.function(fn, jit_compile=True, autograph=False, input_signature=input_signature)
 
 
+def _with_shape(t: tf.Tensor, shape) -> tf.Tensor:
+    """``t`` with the static ``shape`` that a `_compiled` function's output loses (no runtime op)."""
+    t.set_shape(shape)
+    return t
+
+
 def _sum_to_shape(grad: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     """Sum a broadcast gradient back to a parameter's shape."""
     _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(grad), s1=shape)
@@ -348,17 +354,17 @@ def _kernels(lo: int, hi: int, window: Optional[int], value: str, count_sample: 
 
     def backward(theta, q, alpha, g_out, g_counts):
         # One after another: run side by side, the two passes would compete for the cores.
-        g_theta = tf.ensure_shape(grad_theta(theta, q, alpha, g_out, g_counts), theta.shape)
+        g_theta = _with_shape(grad_theta(theta, q, alpha, g_out, g_counts), theta.shape)
         with tf.control_dependencies([g_theta]):
             g_q, g_alpha = grad_q_alpha(theta, q, alpha, g_out, g_counts)
-        return g_theta, tf.ensure_shape(g_q, q.shape), tf.ensure_shape(g_alpha, alpha.shape)
+        return g_theta, _with_shape(g_q, q.shape), _with_shape(g_alpha, alpha.shape)
 
     kernel = _compiled(kernel, [any_shape] * 3 + [tf.TensorSpec([2], tf.int64)])
 
     def forward(theta, q, alpha, seed):
         out, p, first_ids = kernel(theta, q, alpha, seed)
-        out = tf.ensure_shape(out, theta.shape)
-        counts = tf.ensure_shape(_scatter_counts(p, first_ids, size), [size])
+        out = _with_shape(out, theta.shape)
+        counts = _with_shape(_scatter_counts(p, first_ids, size), [size])
         if count_sample is not None:
             counts *= tf.cast(tf.size(theta), p.dtype) / float(count_sample)
         return out, counts

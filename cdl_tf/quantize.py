@@ -56,8 +56,7 @@ class _FirstStepInitializes:
     def __call__(self, *args):
         if self._pending:
             self._pending = False
-            if self._attr != "predict_function" and args:
-                _create_step_variables(self._model, args[0], train=self._attr == "train_function")
+            _create_step_variables(self._model, args[0], train=self._attr == "train_function")
             distributed = tf.distribute.has_strategy()
             found = [q for _, q, v in self._model._quantizers() if distributed and not v["initialized"].numpy()]
             if found:
