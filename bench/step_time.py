@@ -4,12 +4,13 @@ Each (model, variant) runs in its own process on the same batch; the JSON gives 
 their ratios to float and to TF-MOT 8-bit measured in the same run, and the time of the first
 step (``first_step_s``: tracing the step and compiling it, the wait before training starts).
 Models: a small CNN on random 32x32x3 inputs (batch 64) and ResNet-20 on CIFAR-10 training
-images (batch 128, from ``--data_dir`` / ``$CDL_DATA_DIR``, else random images of the same shape). Variants ``cdl``,
-``rcdl`` and ``ste`` use exact activation counts; ``cdl_sampled`` and ``rcdl_sampled`` estimate
-them from ``--count_sample`` values per activation tensor (`CDLConfig.activation_count_sample`).
-Every variant is measured in each of ``--rounds`` rounds, the variants of a model taking turns, and
-keeps its fastest round: a step time measured here moves by up to 2x when another tenant takes
-the cores, and the least-disturbed round is the one closest to the machine's own speed:
+images (batch 128, from ``--data_dir`` / ``$CDL_DATA_DIR``, else random images of the same
+shape). Variants ``cdl``, ``rcdl`` and ``ste`` use exact activation counts; ``cdl_sampled`` and
+``rcdl_sampled`` estimate them from ``--count_sample`` values per activation tensor
+(`CDLConfig.activation_count_sample`). Every variant is measured in each of ``--rounds`` rounds,
+the variants of a model taking turns, and keeps its fastest round: a step time measured here
+moves by up to 2x when another tenant takes the cores, and the least-disturbed round is the one
+closest to the machine's own speed:
 
     python bench/step_time.py [--models=cnn,resnet20 --steps=30 --rounds=2]
 """

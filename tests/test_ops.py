@@ -166,27 +166,36 @@ def test_float32_and_float64_agree():
 
 
 def test_one_trace_serves_every_shape_and_keeps_static_shapes():
-    """Values of any shape reuse one trace of each compiled kernel (only XLA recompiles), and in a
-    graph the values and gradients keep the static shapes of their inputs."""
+    """Values of any shape reuse one trace of each compiled kernel (only XLA recompiles); in a
+    graph the values, counts and gradients keep their static shapes and equal the explicit formula's."""
     lo, hi, window = -3, 4, 5
-    q, alpha = tf.Variable(0.3), tf.Variable(8.0)
+    q, alpha = tf.Variable(0.3), tf.Variable(150.0)  # kappa = 13.5: the window holds the mass
+    levels = tf.range(hi - lo + 1, dtype=tf.float32)
+
+    def loss_and_grads(quantize, theta):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            values, counts = quantize(theta)
+            loss = tf.reduce_sum(values) + tf.reduce_sum(counts * levels)
+        return values, counts, tape.gradient(loss, [theta, q, alpha])
 
     @tf.function
     def step(theta):
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            values, counts = ops.quantize_with_counts(theta, q, alpha, lo, hi, window=window)
-            loss = tf.reduce_sum(values) + tf.reduce_sum(counts * tf.range(hi - lo + 1, dtype=tf.float32))
-        grads = tape.gradient(loss, [theta, q, alpha])
+        values, counts, grads = loss_and_grads(
+            lambda t: ops.quantize_with_counts(t, q, alpha, lo, hi, window=window), theta)
         assert values.shape.as_list() == theta.shape.as_list() and counts.shape.as_list() == [hi - lo + 1]
         assert [g.shape.as_list() for g in grads] == [theta.shape.as_list(), [], []]
-        return values, grads
+        return values, counts, grads
 
     rng = np.random.RandomState(4)
     for shape in [(7,), (3, 5), (2, 3, 4, 5), (6, 5)]:
-        theta = tf.constant(rng.randn(*shape), tf.float32)
-        values, grads = step(theta)
-        np.testing.assert_allclose(values, ops.q_d(theta, q, alpha, lo, hi, window), rtol=1e-6, atol=1e-6)
+        theta = tf.constant(rng.uniform(-1.5, 1.5, shape), tf.float32)  # past both ends of the grid
+        got = step(theta)
+        want = loss_and_grads(lambda t: explicit_q_d(t, q, alpha, lo, hi), theta)
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-4)
+        for g, w in zip(got[2], want[2]):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     assert step.experimental_get_tracing_count() == 4  # four graphs, one per shape...
     kernels = ops._kernels(lo, hi, window, "soft", None, tf.float32)
     assert [f.experimental_get_tracing_count() for f in kernels.compiled] == [1, 1, 1]  # ...one kernel trace
