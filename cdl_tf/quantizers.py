@@ -169,6 +169,7 @@ class CDLQuantizer(_Quantizer):
             ),
         }
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, inputs, training, weights, **kwargs):
         x = tf.convert_to_tensor(inputs)
         if self.recorder is not None and tf.executing_eagerly():
@@ -340,6 +341,7 @@ class CDLWeightQuantizer(CDLQuantizer):
         self.distortion_weight = float(distortion_weight)
         self.importance: Optional[tf.Tensor] = None
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, inputs, training, weights, **kwargs):
         values = super().__call__(inputs, training, weights, **kwargs)
         if training and not self.force_hard:

@@ -104,7 +104,7 @@ def _soft_counts(lo: int, hi: int, window: Optional[int]) -> Callable:
     """
     scalar = tf.TensorSpec([], tf.float32)
     return tf.function(lambda x, q, alpha: ops.index_counts(x, q, alpha, lo, hi, window),
-                       input_signature=[tf.TensorSpec([None], tf.float32), scalar, scalar])
+                       input_signature=[tf.TensorSpec([None], tf.float32), scalar, scalar], autograph=False)
 
 
 def _entropies(x: tf.Tensor, q, alpha, quantizer) -> tuple:

@@ -13,7 +13,7 @@ import tensorflow as tf
 import cdl_tf
 from cdl_tf.experiment_config import CDL_MODES, MODES
 from cdl_tf.recipes import ABLATIONS, BASELINES, RECIPE_VARIANTS
-from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, load_run, train_and_evaluate, validate_config
+from cdl_tf.training import ConfigError, _datasets, evaluate_workdir, train_and_evaluate, validate_config
 from cdl_tf.tools.train import summary
 from conftest import config_module
 
@@ -112,12 +112,8 @@ def run(tmp_path_factory, data_dir):
 def test_short_training_in_each_mode_writes_metrics(run, mode):
     workdir, c, metrics = run(mode)
     saved = json.loads((workdir / "metrics.json").read_text())
-    # The test accuracy written is that of the saved model's predictions on the test images.
-    _, model = load_run(str(workdir))
     _, _, test = _datasets(c)
-    labels = np.concatenate([y.numpy() for _, y in test])
-    assert len(labels) == c.test_subset
-    assert saved["test_accuracy"] == pytest.approx(float((model.predict(test, verbose=0).argmax(1) == labels).mean()))
+    assert sum(len(y) for _, y in test) == c.test_subset
     assert saved["mode"] == mode and saved["epochs"] == 1
     assert 0.5 < saved["test_accuracy"] <= 1.0  # 1024 MNIST examples, one epoch: far above chance
     assert saved["test_error"] == pytest.approx(1 - saved["test_accuracy"])
@@ -140,7 +136,7 @@ def test_short_training_in_each_mode_writes_metrics(run, mode):
                                          f"{metrics['bits_per_activation']:.3f} bits/activation")
     else:
         assert "bits_per_weight" not in saved
-    # Re-evaluating the saved run gives the same figures.
+    # The saved model, reloaded and evaluated again on the same test images, gives the same figures.
     again = evaluate_workdir(str(workdir))
     assert again["test_accuracy"] == pytest.approx(saved["test_accuracy"])
     assert again["validation_accuracy"] == pytest.approx(saved["validation_accuracy"])

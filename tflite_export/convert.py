@@ -13,7 +13,8 @@ from tflite_export.graph import InferenceGraph
 def to_tflite(graph: InferenceGraph, mode: str, input_shape, int8_io: bool = False) -> bytes:
     """Convert the graph: ``mode="int8"`` full integer from its fake-quant nodes, ``"float"`` float32."""
     module = tf.Module()
-    module.serve = tf.function(graph.function(mode), input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
+    module.serve = tf.function(graph.function(mode), input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)],
+                               autograph=False)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
     if mode == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -184,6 +184,8 @@ class InferenceGraph:
         return out
 
     def function(self, mode: str) -> Callable:
+        """The graph as a function of the input batch in ``mode``; it runs over the layers in Python,
+        so it is traced without autograph."""
         if mode not in ("calibrate", "int8", "float", "reference"):
             raise ValueError(f"mode must be calibrate, int8, float or reference, got {mode!r}")
         if mode == "int8" and not self.ranges:
@@ -280,7 +282,8 @@ class InferenceGraph:
         if found is None:
             return out
         quantizer, variables = found
-        q = float(quantizer.step_and_softness(variables)[0])
+        with tf.init_scope():  # the step's value, a constant of the graph
+            q = float(quantizer.step_and_softness(variables)[0])
         if mode != "int8":
             out = tf.clip_by_value(out, quantizer.lo * q, quantizer.hi * q)
             return q * tf.round(out / q) if mode == "reference" else out
@@ -302,7 +305,7 @@ class InferenceGraph:
     # -- calibration --------------------------------------------------------------------
     def calibrate(self, batches) -> Dict[str, Tuple[float, float]]:
         """Min/max of every tensor that needs a range, over the given input batches."""
-        fn = tf.function(self.function("calibrate"))
+        fn = tf.function(self.function("calibrate"), autograph=False)
         lows: Dict[str, float] = {}
         highs: Dict[str, float] = {}
         for x in batches:
